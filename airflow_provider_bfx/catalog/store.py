@@ -1,0 +1,1141 @@
+"""The catalog store: reads the facts, asks :mod:`.machine`, writes the decision. No Airflow here.
+
+Every transition runs in ONE transaction that first locks the batch row (``FOR UPDATE`` on
+PostgreSQL, ``UPDLOCK, ROWLOCK`` on SQL Server, ``BEGIN IMMEDIATE`` on SQLite). Concurrent
+tasks of one batch therefore serialise on that row, so a task ending successfully can never
+miss the batch's failure stamping, and a final failure can never miss a sibling's success.
+
+Round trips are budgeted: on the common path a task start is one locking SELECT that gathers
+every fact (batch row, task package, an earlier row with the same key, other active executions,
+the latest terminal execution of the lineage, and the next ExecutionID), one INSERT, and the
+COMMIT. Rare paths (first run of a DAG, stale leases, the RERUN policy) add statements.
+
+Transient errors (connection drops, deadlock victims, SQLite busy) are retried briefly with the
+whole transition re-run from its first read; log tokens are emitted only after the commit, so a
+retried or failed transition never logs a decision it did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog.codes import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    CheckpointType,
+    ExecutionStatus,
+    NextLoadStatus,
+    VersionMismatchPolicy,
+    format_token,
+    parse_next_load_status,
+    parse_status,
+)
+from airflow_provider_bfx.catalog.machine import ResumeScope, Run, TaskOutcome
+from airflow_provider_bfx.catalog.schema import CatalogSchema, build_schema
+
+log = logging.getLogger("airflow_provider_bfx.catalog")
+
+T = TypeVar("T")
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+
+
+class CatalogUnavailableError(RuntimeError):
+    """The catalog could not be reached (after brief retries)."""
+
+
+class CatalogStateError(RuntimeError):
+    """The catalog holds rows that contradict the request (e.g. ending an unknown execution)."""
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the catalog stores UTC without a zone on every engine."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def default_lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests and results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """A DAG run, as the catalog needs to know it."""
+
+    dag_id: str
+    run_id: str
+    logical_date: datetime | None = None
+    full_rerun: bool = False
+    resume_scope: ResumeScope = ResumeScope.LINEAGE
+    parent_execution_id: int | None = None  # the triggering task's execution (nested batch)
+    retry_limit: int | None = None  # overrides Package.RetryLimit when set
+
+    @property
+    def external_id(self) -> str:
+        return keys.batch_external_id(self.dag_id, self.run_id)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One try of one task instance."""
+
+    batch: BatchSpec
+    task_id: str
+    map_index: int = keys.UNMAPPED
+    try_number: int = 1
+    item_fingerprint: str = keys.NO_ITEM
+    operator_fingerprint: str | None = None
+    policy: VersionMismatchPolicy = VersionMismatchPolicy.WARN
+    decides_shape: bool = False
+    lease_owner: str | None = None
+    lease_seconds: float = 60.0
+
+    @property
+    def external_id(self) -> str:
+        return keys.task_external_id(
+            self.batch.dag_id, self.batch.run_id, self.task_id, self.map_index, self.try_number
+        )
+
+    @property
+    def package_name(self) -> str:
+        return keys.task_package_name(self.batch.dag_id, self.task_id)
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    """What a task start decided; the execution handle is built from it."""
+
+    execution_id: int
+    batch_execution_id: int
+    original_execution_id: int
+    lineage_id: int
+    package_id: int
+    status: ExecutionStatus
+    next_load_status: NextLoadStatus
+    audit_id: int | None
+    attempt_number: int
+    run: Run
+    reason: str
+    scope_key: str
+    prior_execution_id: int | None = None
+    failure_message: str | None = None
+    log_lines: tuple[str, ...] = ()
+    repeated: bool = False  # the same key was started before: this is that row, unchanged
+
+
+@dataclass(frozen=True)
+class TaskEnded:
+    execution_id: int
+    status: ExecutionStatus
+    next_load_status: NextLoadStatus
+    changed: bool
+    batch_failed: bool = False
+    log_lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchEnded:
+    execution_id: int
+    status: ExecutionStatus
+    next_load_status: NextLoadStatus
+    changed: bool
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    execution_id: int
+    next_load_status: NextLoadStatus
+    log_line: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    execution_id: int
+    node: str
+    iteration_key: str
+    item_fingerprint: str | None
+    operator_fingerprint: str | None
+    payload: Any
+
+
+class _Unset:
+    """Marker: leave a column as it is."""
+
+
+class _Self:
+    """Marker: this column takes the new row's own ExecutionID."""
+
+    def __repr__(self) -> str:
+        return "SELF"
+
+
+SELF: Any = _Self()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+class CatalogStore:
+    """Applies the state machine to one catalog database (PostgreSQL, SQL Server or SQLite)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        retry_seconds: float = 5.0,
+        check_schema: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.s: CatalogSchema = build_schema(self.dialect)
+        self.clock = clock
+        self.retry_seconds = retry_seconds
+        self._schema_checked = not check_schema
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _transact(self, work: Callable[[Connection], T], what: str) -> T:
+        if not self._schema_checked:
+            from airflow_provider_bfx.catalog.migrate import check_schema
+
+            self._with_retries(lambda: check_schema(self.engine), what)
+            self._schema_checked = True
+
+        def once() -> T:
+            with self.engine.begin() as conn:
+                return work(conn)
+
+        return self._with_retries(once, what)
+
+    def _with_retries(self, fn: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        integrity_retries = 3
+        while True:
+            try:
+                return fn()
+            except IntegrityError:
+                # Two processes registered the same package or batch row at once: the loser
+                # re-runs the transition and finds the winner's row.
+                integrity_retries -= 1
+                if integrity_retries < 0:
+                    raise
+            except (OperationalError, InterfaceError) as exc:
+                if not _is_transient(exc) or time.monotonic() >= deadline:
+                    raise CatalogUnavailableError(
+                        f"catalog at {self.engine.url.render_as_string(hide_password=True)} is"
+                        f" unavailable during {what}: {_first_line(exc)}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _lock(self, query: Select[Any], table: Any) -> Select[Any]:
+        if self.dialect == "postgresql":
+            return query.with_for_update(of=table)
+        if self.dialect == "mssql":
+            return query.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
+        return query  # SQLite: BEGIN IMMEDIATE already holds the write lock
+
+    def _next_id_column(self) -> Any:
+        """The next ExecutionID, read inside the facts query so the INSERT can also set
+        OriginalExecutionID and AuditID to it (one statement instead of INSERT + UPDATE)."""
+        E = self.s.Execution
+        if self.dialect == "postgresql":
+            seq = func.pg_get_serial_sequence(f"{self.s.schema}.{E.name}", E.c.ExecutionID.name)
+            return func.nextval(seq).label("next_id")
+        if self.dialect == "sqlite":
+            # Safe: BEGIN IMMEDIATE makes this transaction the only writer.
+            return (
+                select(func.coalesce(func.max(E.c.ExecutionID), 0) + 1)
+                .scalar_subquery()
+                .label("next_id")
+            )
+        return literal(None).label("next_id")  # SQL Server: identity, then an UPDATE
+
+    def _insert_execution(
+        self, conn: Connection, next_id: int | None, values: dict[str, Any]
+    ) -> int:
+        """Insert an Execution row whose OriginalExecutionID/LineageID/AuditID may be itself
+        (passed as the marker ``SELF``)."""
+        E = self.s.Execution
+        if next_id is not None:
+            row = {k: (next_id if v is SELF else v) for k, v in values.items()}
+            conn.execute(insert(E).values(ExecutionID=next_id, **row))
+            return next_id
+        plain = {k: (None if v is SELF else v) for k, v in values.items()}
+        new_id = int(
+            conn.execute(insert(E).values(**plain).returning(E.c.ExecutionID)).scalar_one()
+        )
+        selfish = {k: new_id for k, v in values.items() if v is SELF}
+        if selfish:
+            conn.execute(update(E).where(E.c.ExecutionID == new_id).values(**selfish))
+        return new_id
+
+    # -- packages -----------------------------------------------------------------------------
+
+    def _ensure_package(
+        self, conn: Connection, name: str, *, is_batch: bool, parent_id: int | None
+    ) -> Any:
+        P = self.s.Package
+        row = conn.execute(select(P).where(P.c.PackageName == name)).first()
+        if row is not None:
+            return row
+        now = self.clock()
+        conn.execute(
+            insert(P).values(
+                PackageName=name,
+                ParentPackageID=parent_id,
+                IsBatch=1 if is_batch else 0,
+                IsEnabled=1,
+                CreatedAt=now,
+                UpdatedAt=now,
+            )
+        )
+        return conn.execute(select(P).where(P.c.PackageName == name)).one()
+
+    # -- batch start --------------------------------------------------------------------------
+
+    def _start_batch(self, conn: Connection, spec: BatchSpec, now: datetime) -> list[str]:
+        """Create the batch row for a DAG run seen for the first time (under the DAG package's
+        row lock, so two first tasks of one run, or two runs of one DAG, decide one at a time)."""
+        E, P = self.s.Execution, self.s.Package
+        pkg = self._ensure_package(
+            conn, keys.batch_package_name(spec.dag_id), is_batch=True, parent_id=None
+        )
+        conn.execute(self._lock(select(P.c.PackageID).where(P.c.PackageID == pkg.PackageID), P))
+        if conn.execute(
+            select(E.c.ExecutionID).where(E.c.ExternalExecutionID == spec.external_id)
+        ).first():
+            return []  # another task of this run created it while we waited for the lock
+
+        previous = self._previous_batch(conn, pkg.PackageID, now)
+        facts = machine.BatchStartFacts(
+            now=now,
+            package_enabled=bool(pkg.IsEnabled),
+            previous=previous,
+            retry_limit=spec.retry_limit if spec.retry_limit is not None else int(pkg.RetryLimit),
+            max_resume_age=pkg.MaxResumeAge,
+            full_rerun_requested=spec.full_rerun,
+            resume_scope=spec.resume_scope,
+            logical_date=spec.logical_date,
+        )
+        decision = machine.batch_start(facts)
+        lines: list[str] = []
+        if decision.reconcile is not None:
+            self._apply_batch_end(
+                conn, decision.reconcile.execution_id, decision.reconcile.succeeded, now
+            )
+            lines.append(_line(decision.reconcile.emit, dag=spec.dag_id))
+        start = decision.start
+        prev = decision.previous
+        resume = decision.resumes and prev is not None
+        new_id = self._insert_execution(
+            conn,
+            self._peek_next_id(conn),
+            dict(
+                ParentExecutionID=spec.parent_execution_id,
+                OriginalExecutionID=prev.original_execution_id if resume and prev else SELF,
+                LineageID=prev.original_execution_id if resume and prev else SELF,
+                AuditID=SELF,
+                ExternalExecutionID=spec.external_id,
+                PackageID=pkg.PackageID,
+                ExecutionStatus=start.status.value,
+                NextLoadStatus=start.next_load_status.value,
+                AttemptNumber=prev.attempt_number + 1 if resume and prev else 1,
+                ItemFingerprint=keys.NO_ITEM,
+                StartTime=now,
+                EndTime=None if start.status.is_active else now,
+                DagId=spec.dag_id,
+                RunId=spec.run_id,
+                LogicalDate=spec.logical_date,
+                UpdatedAt=now,
+            ),
+        )
+        for emit in start.emits:
+            lines.append(_line(emit, dag=spec.dag_id, batch_execution_id=new_id))
+        return lines
+
+    def _peek_next_id(self, conn: Connection) -> int | None:
+        if self.dialect == "mssql":
+            return None
+        return int(conn.execute(select(self._next_id_column())).scalar_one())
+
+    def _previous_batch(
+        self, conn: Connection, package_id: int, now: datetime
+    ) -> machine.PreviousBatch | None:
+        E = self.s.Execution
+        row = conn.execute(
+            select(E).where(E.c.PackageID == package_id).order_by(E.c.ExecutionID.desc()).limit(1)
+        ).first()
+        if row is None:
+            return None
+        child = E.alias("child")
+        live = exists().where(
+            child.c.ParentExecutionID == row.ExecutionID,
+            child.c.ExecutionStatus.in_(_ACTIVE),
+            child.c.LeaseExpiresAt > now,
+        )
+        failed = exists().where(
+            child.c.ParentExecutionID == row.ExecutionID,
+            child.c.ExecutionStatus.in_(["F", "A"]),
+        )
+        origin = E.alias("origin")
+        started = (
+            select(origin.c.StartTime)
+            .where(origin.c.ExecutionID == row.OriginalExecutionID)
+            .scalar_subquery()
+        )
+        has_live, has_failed, lineage_started = conn.execute(
+            select(live.label("live"), failed.label("failed"), started.label("started"))
+        ).one()
+        where = f"{self.s.qualified(E)} row ExecutionID={row.ExecutionID}"
+        return machine.PreviousBatch(
+            execution_id=row.ExecutionID,
+            status=parse_status(row.ExecutionStatus, row=where),
+            next_load_status=parse_next_load_status(row.NextLoadStatus, row=where),
+            original_execution_id=row.OriginalExecutionID or row.ExecutionID,
+            attempt_number=row.AttemptNumber,
+            lineage_started_at=lineage_started or row.StartTime,
+            logical_date=row.LogicalDate,
+            has_live_task=bool(has_live),
+            has_failed_task=bool(has_failed),
+        )
+
+    def start_batch(self, spec: BatchSpec) -> int:
+        """Start (or find) the batch execution of a DAG run; returns its ExecutionID."""
+
+        def work(conn: Connection) -> tuple[int, list[str]]:
+            lines = self._start_batch(conn, spec, self.clock())
+            E = self.s.Execution
+            bid = conn.execute(
+                select(E.c.ExecutionID).where(E.c.ExternalExecutionID == spec.external_id)
+            ).scalar_one()
+            return int(bid), lines
+
+        bid, lines = self._transact(work, "batch start")
+        _log_lines(lines)
+        return bid
+
+    # -- task start ---------------------------------------------------------------------------
+
+    def _task_facts_query(self, spec: TaskSpec, now: datetime) -> Select[Any]:
+        E, P = self.s.Execution, self.s.Package
+        b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
+        x, a, p = E.alias("x"), E.alias("a"), E.alias("p")
+        w, c = E.alias("w"), self.s.ExecutionCheckpoint.alias("c")
+        inner = E.alias("inner")
+        prior_id = (
+            select(func.max(inner.c.ExecutionID))
+            .where(
+                inner.c.LineageID == b.c.LineageID,
+                inner.c.PackageID == tp.c.PackageID,
+                inner.c.ItemFingerprint == spec.item_fingerprint,
+                inner.c.ExecutionStatus.in_(_TERMINAL),
+            )
+            .scalar_subquery()
+        )
+        # Did a copy step of the active execution's lineage land? (Only read for stale rows.)
+        active_copy = exists().where(
+            c.c.ExecutionID == w.c.ExecutionID,
+            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+            c.c.NodeKey == keys.COPY_NODE,
+            w.c.LineageID == a.c.LineageID,
+            w.c.PackageID == a.c.PackageID,
+            w.c.ItemFingerprint == a.c.ItemFingerprint,
+        )
+        cols = [
+            b.c.ExecutionID.label("b_id"),
+            b.c.ExecutionStatus.label("b_status"),
+            b.c.LineageID.label("b_lineage"),
+            b.c.PackageID.label("b_package"),
+            bp.c.IsEnabled.label("b_enabled"),
+            tp.c.PackageID.label("tp_id"),
+            tp.c.IsEnabled.label("tp_enabled"),
+            x.c.ExecutionID.label("x_id"),
+            a.c.ExecutionID.label("a_id"),
+            a.c.LeaseOwner.label("a_owner"),
+            a.c.LeaseExpiresAt.label("a_expires"),
+            a.c.LineageID.label("a_lineage"),
+            a.c.AuditID.label("a_audit"),
+            a.c.OriginalExecutionID.label("a_original"),
+            a.c.AttemptNumber.label("a_attempt"),
+            a.c.OperatorFingerprint.label("a_opfp"),
+            active_copy.label("a_copy"),
+            p.c.ExecutionID.label("p_id"),
+            p.c.ExecutionStatus.label("p_status"),
+            p.c.NextLoadStatus.label("p_nls"),
+            p.c.AuditID.label("p_audit"),
+            p.c.OriginalExecutionID.label("p_original"),
+            p.c.AttemptNumber.label("p_attempt"),
+            p.c.OperatorFingerprint.label("p_opfp"),
+            self._next_id_column(),
+        ]
+        frm = (
+            b.join(bp, bp.c.PackageID == b.c.PackageID)
+            .outerjoin(tp, tp.c.PackageName == spec.package_name)
+            .outerjoin(x, x.c.ExternalExecutionID == spec.external_id)
+            .outerjoin(
+                a,
+                and_(
+                    a.c.PackageID == tp.c.PackageID,
+                    a.c.ItemFingerprint == spec.item_fingerprint,
+                    a.c.ExecutionStatus.in_(_ACTIVE),
+                    a.c.ExternalExecutionID != spec.external_id,
+                ),
+            )
+            .outerjoin(p, p.c.ExecutionID == prior_id)
+        )
+        query = (
+            select(*cols).select_from(frm).where(b.c.ExternalExecutionID == spec.batch.external_id)
+        )
+        return self._lock(query, b)
+
+    def start_task(self, spec: TaskSpec) -> TaskStarted:
+        """The gate: decide whether this try of the task runs, restarts compute only, or skips."""
+        started = self._transact(lambda conn: self._start_task(conn, spec), "task start")
+        _log_lines(started.log_lines)
+        return started
+
+    def _start_task(self, conn: Connection, spec: TaskSpec) -> TaskStarted:
+        now = self.clock()
+        lines: list[str] = []
+        rows = conn.execute(self._task_facts_query(spec, now)).all()
+        if not rows:
+            lines += self._start_batch(conn, spec.batch, now)
+            rows = conn.execute(self._task_facts_query(spec, now)).all()
+        first = rows[0]
+        f = first._mapping
+        batch_id = int(f["b_id"])
+        where_b = f"{self.s.qualified(self.s.Execution)} row ExecutionID={batch_id}"
+        batch_status = parse_status(f["b_status"], row=where_b)
+
+        if f["x_id"] is not None:
+            return self._repeat(conn, int(f["x_id"]), batch_id, lines)
+
+        reopen = machine.batch_reopen(batch_status, bool(f["b_enabled"]))
+        if reopen is not None:
+            E = self.s.Execution
+            conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == batch_id)
+                .values(
+                    ExecutionStatus=reopen.status.value,
+                    NextLoadStatus=reopen.next_load_status.value,
+                    EndTime=None,
+                    UpdatedAt=now,
+                )
+            )
+            batch_status = reopen.status
+
+        package_id = f["tp_id"]
+        package_enabled = bool(f["tp_enabled"]) if package_id is not None else True
+        if package_id is None:
+            package_id = self._ensure_package(
+                conn, spec.package_name, is_batch=False, parent_id=f["b_package"]
+            ).PackageID
+        lineage_id = int(f["b_lineage"])
+
+        active = tuple(
+            machine.ActiveExecution(
+                execution_id=int(r.a_id),
+                lease_owner=r.a_owner,
+                lease_expires_at=r.a_expires,
+                lease_live=r.a_expires is not None and r.a_expires > now,
+                has_copy_checkpoint=bool(r.a_copy),
+                in_this_lineage=r.a_lineage == lineage_id,
+                audit_id=r.a_audit,
+                original_execution_id=r.a_original,
+                attempt_number=int(r.a_attempt or 1),
+                operator_fingerprint=r.a_opfp,
+            )
+            for r in rows
+            if r.a_id is not None
+        )
+        prior = None
+        if f["p_id"] is not None:
+            where_p = f"{self.s.qualified(self.s.Execution)} row ExecutionID={f['p_id']}"
+            prior = machine.PriorExecution(
+                execution_id=int(f["p_id"]),
+                status=parse_status(f["p_status"], row=where_p),
+                next_load_status=parse_next_load_status(f["p_nls"], row=where_p),
+                audit_id=f["p_audit"],
+                original_execution_id=f["p_original"],
+                attempt_number=int(f["p_attempt"] or 1),
+                operator_fingerprint=f["p_opfp"],
+            )
+        decision = machine.task_start(
+            machine.TaskStartFacts(
+                batch_skips_all=batch_status is ExecutionStatus.SKIPPED,
+                package_enabled=package_enabled,
+                active=active,
+                prior=prior,
+                operator_fingerprint=spec.operator_fingerprint,
+                policy=spec.policy,
+                decides_shape=spec.decides_shape,
+            ),
+            now,
+        )
+        ctx = dict(dag=spec.batch.dag_id, task=spec.task_id, batch_execution_id=batch_id)
+        if spec.map_index != keys.UNMAPPED:
+            ctx["map_index"] = spec.map_index  # type: ignore[assignment]
+        E = self.s.Execution
+        for abort in decision.aborts:
+            conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == abort.execution_id, E.c.ExecutionStatus.in_(_ACTIVE))
+                .values(
+                    ExecutionStatus=ExecutionStatus.ABORTED.value,
+                    NextLoadStatus=abort.next_load_status.value,
+                    EndTime=now,
+                    UpdatedAt=now,
+                )
+            )
+            lines.append(_line(abort.emit, **ctx))
+
+        start = decision.start
+        prior = decision.prior
+        scope = keys.scope_key(lineage_id, int(package_id), spec.item_fingerprint)
+        if start.discard_checkpoints:
+            C = self.s.ExecutionCheckpoint
+            conn.execute(delete(C).where(C.c.ScopeKey == scope))
+        running = start.run is Run.RUN
+        next_id = None if f["next_id"] is None else int(f["next_id"])
+        new_id = self._insert_execution(
+            conn,
+            next_id,
+            dict(
+                ParentExecutionID=batch_id,
+                OriginalExecutionID=(prior.original_execution_id or prior.execution_id)
+                if prior
+                else SELF,
+                LineageID=lineage_id,
+                AuditID=(prior.audit_id if start.audit_from_prior and prior else SELF),
+                ExternalExecutionID=spec.external_id,
+                PackageID=package_id,
+                ExecutionStatus=start.status.value,
+                NextLoadStatus=start.next_load_status.value,
+                AttemptNumber=prior.attempt_number + 1 if prior else 1,
+                OperatorFingerprint=spec.operator_fingerprint,
+                ItemFingerprint=spec.item_fingerprint,
+                LeaseOwner=(spec.lease_owner or default_lease_owner()) if running else None,
+                LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds) if running else None,
+                StartTime=now,
+                EndTime=None if running else now,
+                DagId=spec.batch.dag_id,
+                RunId=spec.batch.run_id,
+                TaskId=spec.task_id,
+                MapIndex=spec.map_index,
+                TryNumber=spec.try_number,
+                LogicalDate=spec.batch.logical_date,
+                UpdatedAt=now,
+            ),
+        )
+        for emit in start.emits:
+            lines.append(_line(emit, **ctx, execution_id=new_id))
+        original = (prior.original_execution_id or prior.execution_id) if prior else new_id
+        audit = prior.audit_id if start.audit_from_prior and prior else new_id
+        return TaskStarted(
+            execution_id=new_id,
+            batch_execution_id=batch_id,
+            original_execution_id=original,
+            lineage_id=lineage_id,
+            package_id=int(package_id),
+            status=start.status,
+            next_load_status=start.next_load_status,
+            audit_id=audit,
+            attempt_number=prior.attempt_number + 1 if prior else 1,
+            run=start.run,
+            reason=start.reason,
+            scope_key=scope,
+            prior_execution_id=prior.execution_id if prior else None,
+            failure_message=start.failure_message,
+            log_lines=tuple(lines),
+        )
+
+    def _repeat(
+        self, conn: Connection, execution_id: int, batch_id: int, lines: list[str]
+    ) -> TaskStarted:
+        """The same try started again (a re-sent start): return its row, decide nothing anew."""
+        E = self.s.Execution
+        row = conn.execute(select(E).where(E.c.ExecutionID == execution_id)).one()
+        where = f"{self.s.qualified(E)} row ExecutionID={execution_id}"
+        status = parse_status(row.ExecutionStatus, row=where)
+        run = (
+            Run.RUN
+            if status.is_active
+            else (Run.SKIP if status is ExecutionStatus.SKIPPED else Run.REFUSE)
+        )
+        return TaskStarted(
+            execution_id=execution_id,
+            batch_execution_id=batch_id,
+            original_execution_id=row.OriginalExecutionID or execution_id,
+            lineage_id=row.LineageID,
+            package_id=row.PackageID,
+            status=status,
+            next_load_status=parse_next_load_status(row.NextLoadStatus, row=where),
+            audit_id=row.AuditID,
+            attempt_number=row.AttemptNumber,
+            run=run,
+            reason="this try was already started",
+            scope_key=keys.scope_key(row.LineageID, row.PackageID, row.ItemFingerprint),
+            failure_message=None
+            if run is not Run.REFUSE
+            else f"execution {execution_id} of this try already ended as {status.value}",
+            log_lines=tuple(lines),
+            repeated=True,
+        )
+
+    # -- task end -----------------------------------------------------------------------------
+
+    def end_task(
+        self,
+        execution_id: int,
+        outcome: TaskOutcome,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        error_detail: str | None = None,
+    ) -> TaskEnded:
+        """Record how one try ended (idempotent: a second call for an ended row changes nothing)."""
+
+        def work(conn: Connection) -> TaskEnded:
+            now = self.clock()
+            E = self.s.Execution
+            t, b, w = E.alias("t"), E.alias("b"), E.alias("w")
+            c = self.s.ExecutionCheckpoint.alias("c")
+            copy_landed = exists().where(
+                c.c.ExecutionID == w.c.ExecutionID,
+                c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+                c.c.NodeKey == keys.COPY_NODE,
+                w.c.LineageID == t.c.LineageID,
+                w.c.PackageID == t.c.PackageID,
+                w.c.ItemFingerprint == t.c.ItemFingerprint,
+            )
+            query = self._lock(
+                select(
+                    t.c.ExecutionStatus.label("t_status"),
+                    t.c.NextLoadStatus.label("t_nls"),
+                    b.c.ExecutionID.label("b_id"),
+                    b.c.ExecutionStatus.label("b_status"),
+                    copy_landed.label("copy_landed"),
+                )
+                .select_from(t.join(b, b.c.ExecutionID == t.c.ParentExecutionID))
+                .where(t.c.ExecutionID == execution_id),
+                b,
+            )
+            row = conn.execute(query).first()
+            if row is None:
+                raise CatalogStateError(
+                    f"cannot end execution {execution_id}: no such task execution in"
+                    f" {self.s.qualified(E)}"
+                )
+            where = f"{self.s.qualified(E)} row ExecutionID={execution_id}"
+            current = parse_status(row.t_status, row=where)
+            batch_status = parse_status(
+                row.b_status, row=f"{self.s.qualified(E)} row ExecutionID={row.b_id}"
+            )
+            end = machine.task_end(
+                machine.TaskEndFacts(
+                    outcome=outcome,
+                    current_status=current,
+                    batch_status=batch_status,
+                    has_copy_checkpoint=bool(row.copy_landed),
+                )
+            )
+            if end is None:
+                return TaskEnded(
+                    execution_id,
+                    current,
+                    parse_next_load_status(row.t_nls, row=where),
+                    changed=False,
+                )
+            conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == execution_id)
+                .values(
+                    ExecutionStatus=end.status.value,
+                    NextLoadStatus=end.next_load_status.value,
+                    EndTime=now,
+                    LeaseExpiresAt=None,
+                    UpdatedAt=now,
+                )
+            )
+            if end.record_error:
+                Err = self.s.ExecutionError
+                conn.execute(
+                    insert(Err).values(
+                        ExecutionID=execution_id,
+                        ErrorType=(error_type or "")[:255] or None,
+                        ErrorMessage=error_message,
+                        ErrorDetail=error_detail,
+                        CreatedAt=now,
+                    )
+                )
+            if end.fail_batch:
+                self._apply_batch_end(conn, int(row.b_id), False, now)
+            return TaskEnded(execution_id, end.status, end.next_load_status, True, end.fail_batch)
+
+        return self._transact(work, "task end")
+
+    # -- batch end ----------------------------------------------------------------------------
+
+    def _apply_batch_end(
+        self, conn: Connection, batch_id: int, succeeded: bool, now: datetime
+    ) -> Any:
+        E = self.s.Execution
+        end = machine.batch_end(succeeded)
+        row = conn.execute(self._lock(select(E).where(E.c.ExecutionID == batch_id), E)).one()
+        conn.execute(
+            update(E)
+            .where(E.c.ExecutionID == batch_id)
+            .values(
+                ExecutionStatus=end.status.value,
+                NextLoadStatus=end.next_load_status.value,
+                EndTime=row.EndTime or now,
+                UpdatedAt=now,
+            )
+        )
+        if end.stamp_completed:
+            conn.execute(
+                update(E)
+                .where(
+                    E.c.ParentExecutionID == batch_id,
+                    E.c.ExecutionStatus == ExecutionStatus.SUCCEEDED.value,
+                    E.c.NextLoadStatus != NextLoadStatus.SKIP.value,
+                )
+                .values(NextLoadStatus=NextLoadStatus.SKIP.value, UpdatedAt=now)
+            )
+        if end.reset_lineage:
+            conn.execute(
+                update(E)
+                .where(
+                    E.c.LineageID == row.LineageID,
+                    E.c.NextLoadStatus != NextLoadStatus.PENDING.value,
+                    E.c.ExecutionStatus.in_(_TERMINAL),
+                )
+                .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
+            )
+        return end
+
+    def end_batch(self, dag_id: str, run_id: str, *, succeeded: bool) -> BatchEnded | None:
+        """Close the batch of a DAG run (listener, task side or reconciliation: same rows).
+
+        Returns None when the run never had a routed task (no batch row)."""
+        external = keys.batch_external_id(dag_id, run_id)
+
+        def work(conn: Connection) -> BatchEnded | None:
+            E = self.s.Execution
+            row = conn.execute(
+                self._lock(select(E).where(E.c.ExternalExecutionID == external), E)
+            ).first()
+            if row is None:
+                return None
+            where = f"{self.s.qualified(E)} row ExecutionID={row.ExecutionID}"
+            status = parse_status(row.ExecutionStatus, row=where)
+            if status is ExecutionStatus.SKIPPED:
+                return BatchEnded(
+                    row.ExecutionID,
+                    status,
+                    parse_next_load_status(row.NextLoadStatus, row=where),
+                    False,
+                )
+            end = self._apply_batch_end(conn, row.ExecutionID, succeeded, self.clock())
+            return BatchEnded(
+                row.ExecutionID, end.status, end.next_load_status, status is not end.status
+            )
+
+        return self._transact(work, "batch end")
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def renew_lease(self, execution_id: int, owner: str, seconds: float) -> bool:
+        """Extend an active execution's lease; False when the row is no longer active or owned."""
+
+        def work(conn: Connection) -> bool:
+            E = self.s.Execution
+            now = self.clock()
+            result = conn.execute(
+                update(E)
+                .where(
+                    E.c.ExecutionID == execution_id,
+                    E.c.ExecutionStatus.in_(_ACTIVE),
+                    E.c.LeaseOwner == owner,
+                )
+                .values(LeaseExpiresAt=now + timedelta(seconds=seconds), UpdatedAt=now)
+            )
+            return bool(result.rowcount)
+
+        return self._transact(work, "lease renewal")
+
+    def expire_leases(self) -> list[ExpiredLease]:
+        """The expiry scan: active executions whose lease lapsed become A (NextLoadStatus D if
+        their copy step landed, else R), each logged ``BFX_LEASE_EXPIRED``."""
+
+        def work(conn: Connection) -> list[ExpiredLease]:
+            now = self.clock()
+            E = self.s.Execution
+            a, w = E.alias("a"), E.alias("w")
+            c = self.s.ExecutionCheckpoint.alias("c")
+            copy_landed = exists().where(
+                c.c.ExecutionID == w.c.ExecutionID,
+                c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+                c.c.NodeKey == keys.COPY_NODE,
+                w.c.LineageID == a.c.LineageID,
+                w.c.PackageID == a.c.PackageID,
+                w.c.ItemFingerprint == a.c.ItemFingerprint,
+            )
+            rows = conn.execute(
+                select(a, copy_landed.label("copy_landed")).where(
+                    a.c.ExecutionStatus.in_(_ACTIVE),
+                    a.c.LeaseExpiresAt < now,
+                    a.c.TaskId.is_not(None),
+                )
+            ).all()
+            out: list[ExpiredLease] = []
+            for r in rows:
+                abort = machine.expire(
+                    machine.ActiveExecution(
+                        execution_id=r.ExecutionID,
+                        lease_owner=r.LeaseOwner,
+                        lease_expires_at=r.LeaseExpiresAt,
+                        lease_live=False,
+                        has_copy_checkpoint=bool(r.copy_landed),
+                        in_this_lineage=True,
+                        audit_id=r.AuditID,
+                        original_execution_id=r.OriginalExecutionID,
+                        attempt_number=r.AttemptNumber,
+                        operator_fingerprint=r.OperatorFingerprint,
+                    ),
+                    now,
+                )
+                changed = conn.execute(
+                    update(E)
+                    .where(
+                        E.c.ExecutionID == r.ExecutionID,
+                        E.c.ExecutionStatus.in_(_ACTIVE),
+                        E.c.LeaseExpiresAt < now,
+                    )
+                    .values(
+                        ExecutionStatus=ExecutionStatus.ABORTED.value,
+                        NextLoadStatus=abort.next_load_status.value,
+                        EndTime=now,
+                        UpdatedAt=now,
+                    )
+                ).rowcount
+                if changed:
+                    line = _line(
+                        abort.emit,
+                        dag=r.DagId,
+                        task=r.TaskId,
+                        batch_execution_id=r.ParentExecutionID,
+                    )
+                    out.append(ExpiredLease(r.ExecutionID, abort.next_load_status, line))
+            return out
+
+        expired = self._transact(work, "expiry scan")
+        _log_lines([e.log_line for e in expired])
+        return expired
+
+    # -- checkpoints and row counts -------------------------------------------------------------
+
+    def write_checkpoint(
+        self,
+        *,
+        execution_id: int,
+        scope_key: str,
+        node: str,
+        payload: Any,
+        checkpoint_type: CheckpointType = CheckpointType.NODE_OUTPUT,
+        iteration_key: str = "",
+        item_fingerprint: str | None = None,
+        operator_fingerprint: str | None = None,
+    ) -> None:
+        """Write (or overwrite) one checkpoint; the payload must be JSON-serialisable."""
+        try:
+            text = json.dumps(payload, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"checkpoint {node!r}: payload is not JSON-serialisable ({exc}); return plain"
+                " dicts, lists, strings, numbers, booleans or None"
+            ) from exc
+
+        def work(conn: Connection) -> None:
+            C = self.s.ExecutionCheckpoint
+            key = and_(
+                C.c.ScopeKey == scope_key,
+                C.c.CheckpointType == checkpoint_type.value,
+                C.c.NodeKey == node,
+                C.c.IterationKey == iteration_key,
+            )
+            values = dict(
+                ExecutionID=execution_id,
+                ItemFingerprint=item_fingerprint,
+                OperatorFingerprint=operator_fingerprint,
+                Payload=text,
+                CreatedAt=self.clock(),
+            )
+            if conn.execute(update(C).where(key).values(**values)).rowcount:
+                return
+            conn.execute(
+                insert(C).values(
+                    ScopeKey=scope_key,
+                    CheckpointType=checkpoint_type.value,
+                    NodeKey=node,
+                    IterationKey=iteration_key,
+                    **values,
+                )
+            )
+
+        self._transact(work, "checkpoint write")
+
+    def read_checkpoints(
+        self, scope_key: str, checkpoint_type: CheckpointType, node: str | None = None
+    ) -> list[Checkpoint]:
+        C = self.s.ExecutionCheckpoint
+        query = select(C).where(
+            C.c.ScopeKey == scope_key, C.c.CheckpointType == checkpoint_type.value
+        )
+        if node is not None:
+            query = query.where(C.c.NodeKey == node)
+
+        def work(conn: Connection) -> list[Checkpoint]:
+            return [
+                Checkpoint(
+                    execution_id=r.ExecutionID,
+                    node=r.NodeKey,
+                    iteration_key=r.IterationKey,
+                    item_fingerprint=r.ItemFingerprint,
+                    operator_fingerprint=r.OperatorFingerprint,
+                    payload=None if r.Payload is None else json.loads(r.Payload),
+                )
+                for r in conn.execute(query.order_by(C.c.CheckpointID))
+            ]
+
+        return self._transact(work, "checkpoint read")
+
+    def log_row_counts(self, execution_id: int, counts: Iterable[tuple[str, str, int]]) -> None:
+        """Append row counts (never overwritten: a second count is a second row)."""
+        rows = [
+            dict(
+                ExecutionID=execution_id,
+                ObjectName=o,
+                CountType=t,
+                RecordCount=int(n),
+                CreatedAt=self.clock(),
+            )
+            for o, t, n in counts
+        ]
+        if not rows:
+            return
+        R = self.s.ExecutionRowCount
+        self._transact(lambda conn: conn.execute(insert(R), rows) and None, "row count")
+
+    # -- packages (operations) ------------------------------------------------------------------
+
+    def set_package(
+        self,
+        name: str,
+        *,
+        enabled: bool | None = None,
+        retry_limit: int | None = None,
+        max_resume_age: int | None | type[_Unset] = _Unset,
+    ) -> None:
+        """Change a package's settings (creating it when it is not registered yet)."""
+
+        def work(conn: Connection) -> None:
+            P = self.s.Package
+            is_batch = "." not in name
+            self._ensure_package(conn, name, is_batch=is_batch, parent_id=None)
+            values: dict[str, Any] = {"UpdatedAt": self.clock()}
+            if enabled is not None:
+                values["IsEnabled"] = 1 if enabled else 0
+            if retry_limit is not None:
+                values["RetryLimit"] = retry_limit
+            if max_resume_age is not _Unset:
+                values["MaxResumeAge"] = max_resume_age
+            conn.execute(update(P).where(P.c.PackageName == name).values(**values))
+
+        self._transact(work, "package update")
+
+    def executions(self, dag_id: str, run_id: str | None = None) -> Sequence[Any]:
+        """Rows of a DAG (optionally one run), oldest first: for tests, ``bfx history`` and the demo."""
+        E = self.s.Execution
+        query = select(E).where(E.c.DagId == dag_id)
+        if run_id is not None:
+            query = query.where(E.c.RunId == run_id)
+        return self._transact(
+            lambda conn: conn.execute(query.order_by(E.c.ExecutionID)).all(), "read"
+        )
+
+
+def _line(emit: machine.Emit, **context: object) -> str:
+    return format_token(emit.token, **{**context, **dict(emit.context)})
+
+
+def _log_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        log.info("%s", line)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_TRANSIENT_MARKERS = (
+    "could not connect",
+    "connection refused",
+    "server closed the connection",
+    "terminating connection",
+    "connection reset",
+    "connection timed out",
+    "timeout expired",
+    "deadlock",
+    "could not serialize",
+    "database is locked",
+    "database is busy",
+    "ssl syscall",
+    "broken pipe",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "lock request time out",
+)
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
