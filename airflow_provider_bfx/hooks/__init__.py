@@ -1,0 +1,5 @@
+"""Airflow hooks of the provider."""
+
+from airflow_provider_bfx.hooks.catalog import BfxCatalogHook
+
+__all__ = ["BfxCatalogHook"]
