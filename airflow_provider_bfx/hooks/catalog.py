@@ -45,6 +45,23 @@ _SUPPORTED_TYPES_TEXT = "postgres, mssql or sqlite"
 #: The PostgreSQL driver used unless the connection's extra names a ``sqlalchemy_scheme``.
 DEFAULT_POSTGRES_DRIVERNAME = "postgresql+psycopg2"
 
+
+def _connection_not_found_errors() -> tuple[type[Exception], ...]:
+    """What a lookup of an undefined connection raises: one class on Airflow 3.3, and possibly
+    a separate Task SDK class on older 3.x."""
+    errors: list[type[Exception]] = [AirflowNotFoundException]
+    try:
+        from airflow.sdk.exceptions import AirflowNotFoundException as sdk_not_found
+    except ImportError:
+        pass
+    else:
+        if sdk_not_found not in errors:
+            errors.append(sdk_not_found)
+    return tuple(errors)
+
+
+_CONNECTION_NOT_FOUND = _connection_not_found_errors()
+
 _embedded_notice_logged = False
 _embedded_notice_lock = threading.Lock()
 
@@ -142,7 +159,7 @@ class BfxCatalogHook(DbApiHook):
         conn_id = self.catalog_conn_id
         try:
             conn = self.get_connection(conn_id)
-        except AirflowNotFoundException as err:
+        except _CONNECTION_NOT_FOUND as err:
             if conn_id != DEFAULT_CATALOG_CONN_ID:
                 raise type(err)(
                     f"The BFX catalog connection {conn_id!r} is not defined. Define it as a "
