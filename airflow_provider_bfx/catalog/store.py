@@ -1090,7 +1090,7 @@ class CatalogStore:
         self._transact(work, "package update")
 
     def executions(self, dag_id: str, run_id: str | None = None) -> Sequence[Any]:
-        """Rows of a DAG (optionally one run), oldest first: for tests, ``bfx history`` and the demo."""
+        """Rows of a DAG (optionally one run), oldest first: for ``bfx history`` and the demo."""
         E = self.s.Execution
         query = select(E).where(E.c.DagId == dag_id)
         if run_id is not None:
