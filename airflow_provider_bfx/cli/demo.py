@@ -70,16 +70,16 @@ def _print_run(store: CatalogStore, title: str, run_id: str, result: list[tuple[
     batch = rows.pop(None)
     print(f"\n== {title} (run_id={run_id})")
     header = ("task", "gate decision", "ExecutionID", "Status/Next", "OriginalExecutionID")
-    print(f"{header[0]:<16} {header[1]:<26} {header[2]:>11} {header[3]:>11} {header[4]:>19}")
+    print(f"{header[0]:<16} {header[1]:<44} {header[2]:>11} {header[3]:>11} {header[4]:>19}")
     for table, started in result:
         if started is None:
-            print(f"{table:<16} {'not started (run failed)':<26}")
+            print(f"{table:<16} {'not started (run failed)':<44}")
             continue
         row = rows[table]
         decision = f"{started.run.value} ({started.status.value}: {started.reason})"
         codes = f"{row.ExecutionStatus}/{row.NextLoadStatus}"
         print(
-            f"{table:<16} {decision:<26.26} {row.ExecutionID:>11} {codes:>11}"
+            f"{table:<16} {decision:<44.44} {row.ExecutionID:>11} {codes:>11}"
             f" {row.OriginalExecutionID:>19}"
         )
     print(
