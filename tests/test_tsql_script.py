@@ -122,7 +122,9 @@ def parse(script: str) -> Script:
     indexes = {
         m.group(2): (_ident(m.group(3)), _cols(m.group(4)))
         for m in re.finditer(
-            rf"^CREATE (UNIQUE )?INDEX (\w+) ON {SCHEMA_NAME}\.(\[?\w+\]?) \((.*)\);$", script, re.M
+            rf"^CREATE (UNIQUE )?INDEX (\w+) ON {SCHEMA_NAME}\.(\[?\w+\]?) \(([^)]*)\)(?: WHERE .*)?;$",
+            script,
+            re.M,
         )
     }
     return Script(script, batches, tables, order, indexes)
@@ -245,7 +247,7 @@ def test_batches_schema_first_and_one_transaction_around_tables_and_version(
     begin = text.index("BEGIN TRANSACTION;")
     version_row = text.index(f"INSERT INTO {SCHEMA_NAME}.{VERSION_TABLE} (version_num)")
     commit = text.rindex("COMMIT;")
-    creates = [m.start() for m in re.finditer(r"^CREATE (TABLE|INDEX) ", text, re.M)]
+    creates = [m.start() for m in re.finditer(r"^CREATE (TABLE|(UNIQUE )?INDEX) ", text, re.M)]
     assert creates and begin < min(creates) and max(creates) < version_row < commit
     assert f"VALUES ('{head_revision()}')" in text[version_row:commit]
     assert body[-1] == "COMMIT;"

@@ -286,13 +286,14 @@ def batch_start(facts: BatchStartFacts) -> BatchStartDecision:
     return BatchStartDecision(start=start, reconcile=reconcile, previous=previous, rule=rule.design)
 
 
-def batch_reopen(status: St, package_enabled: bool) -> BatchStart | None:
+def batch_reopen(status: St, package_enabled: bool, *, closed: bool = True) -> BatchStart | None:
     """'Same run again (tasks cleared after a failure): reopen the row as R.'
 
-    Returns None when the existing row stands as it is: it is still open, or the package is
-    disabled (the run keeps skipping).
+    Returns None when the existing row stands as it is: it is still open; or it was failed by a
+    task's final failure while the DAG run goes on (``closed=False``: siblings still starting
+    must see the failure, not undo it); or the package is disabled (the run keeps skipping).
     """
-    if status.is_active or not package_enabled:
+    if status.is_active or not closed or not package_enabled:
         return None
     return BatchStart(St.RETRYING, Nls.SKIP, Lineage.RESUME, "same run started again")
 

@@ -148,6 +148,7 @@ def build_schema(dialect: str) -> CatalogSchema:
         Index("ix_package_parent", "ParentPackageID"),
     )
 
+    active_task = f"{n('TaskId')} IS NOT NULL AND {n('ExecutionStatus')} IN ('E', 'R', 'D')"
     execution = Table(
         n("Execution"),
         md,
@@ -188,6 +189,17 @@ def build_schema(dialect: str) -> CatalogSchema:
         Index("ix_execution_package_id", "PackageID", "ExecutionID"),
         # Task start: another active execution of the same package (few rows are active).
         Index("ix_execution_package_status", "PackageID", "ExecutionStatus"),
+        # The per-package guard, enforced by the database: at most one active execution of a
+        # task package and item. Two starts racing past each other's reads (PostgreSQL reads
+        # a statement's joined facts as of before its lock wait) cannot both insert an active
+        # row; the loser's transition is re-run and sees the winner (docs/decisions/0007).
+        Index(
+            "uq_execution_one_active",
+            "PackageID",
+            "ItemFingerprint",
+            unique=True,
+            **{f"{dialect}_where": text(active_task)},
+        ),
         # Task start: the latest terminal execution of a package (and item) in a lineage.
         Index(
             "ix_execution_lineage_package",

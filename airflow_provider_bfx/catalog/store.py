@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    case,
     Connection,
     Engine,
     Select,
@@ -242,7 +243,7 @@ class CatalogStore:
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
-        integrity_retries = 3
+        integrity_retries = 5
         while True:
             try:
                 return fn()
@@ -354,8 +355,14 @@ class CatalogStore:
         decision = machine.batch_start(facts)
         lines: list[str] = []
         if decision.reconcile is not None:
+            assert previous is not None
             self._apply_batch_end(
-                conn, decision.reconcile.execution_id, decision.reconcile.succeeded, now
+                conn,
+                decision.reconcile.execution_id,
+                previous.original_execution_id,
+                decision.reconcile.succeeded,
+                now,
+                close=True,
             )
             lines.append(_line(decision.reconcile.emit, dag=spec.dag_id))
         start = decision.start
@@ -418,7 +425,9 @@ class CatalogStore:
             .scalar_subquery()
         )
         has_live, has_failed, lineage_started = conn.execute(
-            select(live.label("live"), failed.label("failed"), started.label("started"))
+            select(
+                _flag(live).label("live"), _flag(failed).label("failed"), started.label("started")
+            )
         ).one()
         where = f"{self.s.qualified(E)} row ExecutionID={row.ExecutionID}"
         return machine.PreviousBatch(
@@ -480,6 +489,7 @@ class CatalogStore:
             b.c.ExecutionStatus.label("b_status"),
             b.c.LineageID.label("b_lineage"),
             b.c.PackageID.label("b_package"),
+            b.c.EndTime.label("b_end"),
             bp.c.IsEnabled.label("b_enabled"),
             tp.c.PackageID.label("tp_id"),
             tp.c.IsEnabled.label("tp_enabled"),
@@ -492,7 +502,7 @@ class CatalogStore:
             a.c.OriginalExecutionID.label("a_original"),
             a.c.AttemptNumber.label("a_attempt"),
             a.c.OperatorFingerprint.label("a_opfp"),
-            active_copy.label("a_copy"),
+            _flag(active_copy).label("a_copy"),
             p.c.ExecutionID.label("p_id"),
             p.c.ExecutionStatus.label("p_status"),
             p.c.NextLoadStatus.label("p_nls"),
@@ -544,7 +554,9 @@ class CatalogStore:
         if f["x_id"] is not None:
             return self._repeat(conn, int(f["x_id"]), batch_id, lines)
 
-        reopen = machine.batch_reopen(batch_status, bool(f["b_enabled"]))
+        reopen = machine.batch_reopen(
+            batch_status, bool(f["b_enabled"]), closed=f["b_end"] is not None
+        )
         if reopen is not None:
             E = self.s.Execution
             conn.execute(
@@ -749,7 +761,8 @@ class CatalogStore:
                     t.c.NextLoadStatus.label("t_nls"),
                     b.c.ExecutionID.label("b_id"),
                     b.c.ExecutionStatus.label("b_status"),
-                    copy_landed.label("copy_landed"),
+                    b.c.LineageID.label("b_lineage"),
+                    _flag(copy_landed).label("copy_landed"),
                 )
                 .select_from(t.join(b, b.c.ExecutionID == t.c.ParentExecutionID))
                 .where(t.c.ExecutionID == execution_id),
@@ -804,7 +817,9 @@ class CatalogStore:
                     )
                 )
             if end.fail_batch:
-                self._apply_batch_end(conn, int(row.b_id), False, now)
+                self._apply_batch_end(
+                    conn, int(row.b_id), int(row.b_lineage), False, now, close=False
+                )
             return TaskEnded(execution_id, end.status, end.next_load_status, True, end.fail_batch)
 
         return self._transact(work, "task end")
@@ -812,18 +827,27 @@ class CatalogStore:
     # -- batch end ----------------------------------------------------------------------------
 
     def _apply_batch_end(
-        self, conn: Connection, batch_id: int, succeeded: bool, now: datetime
-    ) -> Any:
+        self,
+        conn: Connection,
+        batch_id: int,
+        lineage_id: int,
+        succeeded: bool,
+        now: datetime,
+        *,
+        close: bool,
+    ) -> machine.BatchEnd:
+        """Write a batch end. ``close`` (the DAG run is over: listener, reconciliation) sets
+        EndTime; a task's final failure fails the batch without closing it, so siblings that
+        start later in the same DAG run see the failure instead of reopening the batch."""
         E = self.s.Execution
         end = machine.batch_end(succeeded)
-        row = conn.execute(self._lock(select(E).where(E.c.ExecutionID == batch_id), E)).one()
         conn.execute(
             update(E)
             .where(E.c.ExecutionID == batch_id)
             .values(
                 ExecutionStatus=end.status.value,
                 NextLoadStatus=end.next_load_status.value,
-                EndTime=row.EndTime or now,
+                EndTime=func.coalesce(E.c.EndTime, now) if close else E.c.EndTime,
                 UpdatedAt=now,
             )
         )
@@ -841,7 +865,7 @@ class CatalogStore:
             conn.execute(
                 update(E)
                 .where(
-                    E.c.LineageID == row.LineageID,
+                    E.c.LineageID == lineage_id,
                     E.c.NextLoadStatus != NextLoadStatus.PENDING.value,
                     E.c.ExecutionStatus.in_(_TERMINAL),
                 )
@@ -871,9 +895,14 @@ class CatalogStore:
                     parse_next_load_status(row.NextLoadStatus, row=where),
                     False,
                 )
-            end = self._apply_batch_end(conn, row.ExecutionID, succeeded, self.clock())
+            end = self._apply_batch_end(
+                conn, row.ExecutionID, row.LineageID, succeeded, self.clock(), close=True
+            )
             return BatchEnded(
-                row.ExecutionID, end.status, end.next_load_status, status is not end.status
+                row.ExecutionID,
+                end.status,
+                end.next_load_status,
+                changed=status is not end.status or row.EndTime is None,
             )
 
         return self._transact(work, "batch end")
@@ -917,7 +946,7 @@ class CatalogStore:
                 w.c.ItemFingerprint == a.c.ItemFingerprint,
             )
             rows = conn.execute(
-                select(a, copy_landed.label("copy_landed")).where(
+                select(a, _flag(copy_landed).label("copy_landed")).where(
                     a.c.ExecutionStatus.in_(_ACTIVE),
                     a.c.LeaseExpiresAt < now,
                     a.c.TaskId.is_not(None),
@@ -1098,6 +1127,11 @@ class CatalogStore:
         return self._transact(
             lambda conn: conn.execute(query.order_by(E.c.ExecutionID)).all(), "read"
         )
+
+
+def _flag(condition: Any) -> Any:
+    """A predicate as a 0/1 column: T-SQL does not allow ``EXISTS (...)`` in a select list."""
+    return case((condition, 1), else_=0)
 
 
 def _line(emit: machine.Emit, **context: object) -> str:
