@@ -117,17 +117,21 @@ class Captured:
     def compiled(self) -> Any:
         if self._compiled is None:
             column_keys = list(self.params[0]) if self.params else None
-            self._compiled = self.stmt.compile(
-                dialect=MSSQL,
-                column_keys=column_keys,
-                compile_kwargs={"render_postcompile": True},
-            )
+            self._compiled = self.stmt.compile(dialect=MSSQL, column_keys=column_keys)
         return self._compiled
+
+    def expanded(self, row: dict[str, Any] | None = None) -> Any:
+        """SQL text and values as the driver receives them (``IN`` lists expanded). Queries
+        the store builds once take their values as bound parameters, so they come from the
+        captured row."""
+        if row is None and self.params:
+            row = self.params[0]
+        return self.compiled().construct_expanded_state(row or None)
 
     @property
     def sql(self) -> str:
         """The compiled text on one line (the compiler breaks lines before FROM and WHERE)."""
-        return " ".join(str(self.compiled()).split())
+        return " ".join(self.expanded().statement.split())
 
     def __str__(self) -> str:
         return f"[{self.step}] {self.sql}"
@@ -634,7 +638,7 @@ def test_flags_are_integers(statements: list[Captured]) -> None:
         for row in c.params:
             for key, value in row.items():
                 assert not isinstance(value, bool), f"{key}={value!r} in {c}"
-        for name, value in compiled.params.items():
+        for name, value in c.expanded().parameters.items():
             assert not isinstance(value, bool), f"{name}={value!r} in {c}"
             if name in ("IsEnabled", "IsBatch"):
                 assert value in (0, 1) and type(value) is int, f"{name}={value!r} in {c}"
@@ -688,9 +692,8 @@ def test_bound_values_are_plain(statements: list[Captured]) -> None:
     """Every value the store binds is a plain str/int/float/datetime/None (no enum members, no
     booleans, no dicts): what any SQL Server driver sends without guessing."""
     for c in statements:
-        compiled = c.compiled()
         for row in c.params or [{}]:
-            for name, value in compiled.construct_params(row or None).items():
+            for name, value in c.expanded(row or None).parameters.items():
                 assert value is None or type(value) in (str, int, float, datetime), (
                     f"{name}={value!r} ({type(value).__name__}) in {c}"
                 )

@@ -122,7 +122,8 @@ def parse(script: str) -> Script:
     indexes = {
         m.group(2): (_ident(m.group(3)), _cols(m.group(4)))
         for m in re.finditer(
-            rf"^CREATE (UNIQUE )?INDEX (\w+) ON {SCHEMA_NAME}\.(\[?\w+\]?) \(([^)]*)\)(?: WHERE .*)?;$",
+            rf"^CREATE (UNIQUE )?INDEX (\w+) ON {SCHEMA_NAME}\.(\[?\w+\]?) \(([^)]*)\)"
+            r"(?: WHERE .*)?;$",
             script,
             re.M,
         )

@@ -26,7 +26,9 @@ def create_catalog_engine(url: str | URL, **engine_kwargs: Any) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url, **engine_kwargs)
-    engine_kwargs.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: it costs a round trip per transition. A dropped connection raises a
+    # transient error instead, and the store re-runs the whole transition on a fresh one.
+    engine_kwargs.setdefault("pool_pre_ping", False)
     return create_engine(url, **engine_kwargs)
 
 

@@ -198,7 +198,9 @@ def build_schema(dialect: str) -> CatalogSchema:
             "PackageID",
             "ItemFingerprint",
             unique=True,
-            **{f"{dialect}_where": text(active_task)},
+            postgresql_where=text(active_task),
+            sqlite_where=text(active_task),
+            mssql_where=text(active_task),
         ),
         # Task start: the latest terminal execution of a package (and item) in a lineage.
         Index(

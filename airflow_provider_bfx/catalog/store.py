@@ -17,6 +17,7 @@ retried or failed transition never logs a decision it did not write.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,11 +29,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    case,
     Connection,
     Engine,
     Select,
     and_,
+    bindparam,
+    case,
     delete,
     exists,
     func,
@@ -459,7 +461,11 @@ class CatalogStore:
 
     # -- task start ---------------------------------------------------------------------------
 
-    def _task_facts_query(self, spec: TaskSpec, now: datetime) -> Select[Any]:
+    @functools.cached_property
+    def _task_facts(self) -> Select[Any]:
+        """The task-start facts query, built once per store: constructing it costs milliseconds
+        of Python (seven aliases, ~170 columns), more than the statement itself takes to run.
+        Parameters: ``p_item``, ``p_package``, ``p_task_key``, ``p_batch_key``."""
         E, P = self.s.Execution, self.s.Package
         b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
         x, a, p = E.alias("x"), E.alias("a"), E.alias("p")
@@ -470,7 +476,7 @@ class CatalogStore:
             .where(
                 inner.c.LineageID == b.c.LineageID,
                 inner.c.PackageID == tp.c.PackageID,
-                inner.c.ItemFingerprint == spec.item_fingerprint,
+                inner.c.ItemFingerprint == bindparam("p_item"),
                 inner.c.ExecutionStatus.in_(_TERMINAL),
             )
             .scalar_subquery()
@@ -514,23 +520,34 @@ class CatalogStore:
         ]
         frm = (
             b.join(bp, bp.c.PackageID == b.c.PackageID)
-            .outerjoin(tp, tp.c.PackageName == spec.package_name)
-            .outerjoin(x, x.c.ExternalExecutionID == spec.external_id)
+            .outerjoin(tp, tp.c.PackageName == bindparam("p_package"))
+            .outerjoin(x, x.c.ExternalExecutionID == bindparam("p_task_key"))
             .outerjoin(
                 a,
                 and_(
                     a.c.PackageID == tp.c.PackageID,
-                    a.c.ItemFingerprint == spec.item_fingerprint,
+                    a.c.ItemFingerprint == bindparam("p_item"),
                     a.c.ExecutionStatus.in_(_ACTIVE),
-                    a.c.ExternalExecutionID != spec.external_id,
+                    a.c.ExternalExecutionID != bindparam("p_task_key"),
                 ),
             )
             .outerjoin(p, p.c.ExecutionID == prior_id)
         )
         query = (
-            select(*cols).select_from(frm).where(b.c.ExternalExecutionID == spec.batch.external_id)
+            select(*cols)
+            .select_from(frm)
+            .where(b.c.ExternalExecutionID == bindparam("p_batch_key"))
         )
         return self._lock(query, b)
+
+    @staticmethod
+    def _task_facts_params(spec: TaskSpec) -> dict[str, Any]:
+        return {
+            "p_item": spec.item_fingerprint,
+            "p_package": spec.package_name,
+            "p_task_key": spec.external_id,
+            "p_batch_key": spec.batch.external_id,
+        }
 
     def start_task(self, spec: TaskSpec) -> TaskStarted:
         """The gate: decide whether this try of the task runs, restarts compute only, or skips."""
@@ -541,10 +558,11 @@ class CatalogStore:
     def _start_task(self, conn: Connection, spec: TaskSpec) -> TaskStarted:
         now = self.clock()
         lines: list[str] = []
-        rows = conn.execute(self._task_facts_query(spec, now)).all()
+        params = self._task_facts_params(spec)
+        rows = conn.execute(self._task_facts, params).all()
         if not rows:
             lines += self._start_batch(conn, spec.batch, now)
-            rows = conn.execute(self._task_facts_query(spec, now)).all()
+            rows = conn.execute(self._task_facts, params).all()
         first = rows[0]
         f = first._mapping
         batch_id = int(f["b_id"])
@@ -731,6 +749,34 @@ class CatalogStore:
 
     # -- task end -----------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _task_end_facts(self) -> Select[Any]:
+        """The task-end facts query (built once per store; parameter ``p_execution_id``)."""
+        E = self.s.Execution
+        t, b, w = E.alias("t"), E.alias("b"), E.alias("w")
+        c = self.s.ExecutionCheckpoint.alias("c")
+        copy_landed = exists().where(
+            c.c.ExecutionID == w.c.ExecutionID,
+            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+            c.c.NodeKey == keys.COPY_NODE,
+            w.c.LineageID == t.c.LineageID,
+            w.c.PackageID == t.c.PackageID,
+            w.c.ItemFingerprint == t.c.ItemFingerprint,
+        )
+        return self._lock(
+            select(
+                t.c.ExecutionStatus.label("t_status"),
+                t.c.NextLoadStatus.label("t_nls"),
+                b.c.ExecutionID.label("b_id"),
+                b.c.ExecutionStatus.label("b_status"),
+                b.c.LineageID.label("b_lineage"),
+                _flag(copy_landed).label("copy_landed"),
+            )
+            .select_from(t.join(b, b.c.ExecutionID == t.c.ParentExecutionID))
+            .where(t.c.ExecutionID == bindparam("p_execution_id")),
+            b,
+        )
+
     def end_task(
         self,
         execution_id: int,
@@ -745,30 +791,7 @@ class CatalogStore:
         def work(conn: Connection) -> TaskEnded:
             now = self.clock()
             E = self.s.Execution
-            t, b, w = E.alias("t"), E.alias("b"), E.alias("w")
-            c = self.s.ExecutionCheckpoint.alias("c")
-            copy_landed = exists().where(
-                c.c.ExecutionID == w.c.ExecutionID,
-                c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-                c.c.NodeKey == keys.COPY_NODE,
-                w.c.LineageID == t.c.LineageID,
-                w.c.PackageID == t.c.PackageID,
-                w.c.ItemFingerprint == t.c.ItemFingerprint,
-            )
-            query = self._lock(
-                select(
-                    t.c.ExecutionStatus.label("t_status"),
-                    t.c.NextLoadStatus.label("t_nls"),
-                    b.c.ExecutionID.label("b_id"),
-                    b.c.ExecutionStatus.label("b_status"),
-                    b.c.LineageID.label("b_lineage"),
-                    _flag(copy_landed).label("copy_landed"),
-                )
-                .select_from(t.join(b, b.c.ExecutionID == t.c.ParentExecutionID))
-                .where(t.c.ExecutionID == execution_id),
-                b,
-            )
-            row = conn.execute(query).first()
+            row = conn.execute(self._task_end_facts, {"p_execution_id": execution_id}).first()
             if row is None:
                 raise CatalogStateError(
                     f"cannot end execution {execution_id}: no such task execution in"
