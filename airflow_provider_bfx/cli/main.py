@@ -31,6 +31,7 @@ from airflow_provider_bfx.catalog.migrate import PRODUCT, CatalogSchemaError, he
 COMMAND_MODULES: tuple[str, ...] = (
     "airflow_provider_bfx.cli.catalog",
     "airflow_provider_bfx.cli.demo",
+    "airflow_provider_bfx.cli.operations",
 )
 
 EXIT_OK = 0

@@ -1,0 +1,383 @@
+"""Operations a person runs at 2 a.m.: what will the next run do, what happened, start fresh.
+
+``plan`` changes nothing: it reads the same facts a batch start and each task start would read
+and asks the same pure state machine, so its answer is the decision the next run will take
+(for a run that does not ask for a full rerun; the operator fingerprint of a changed task is only
+known to Airflow, so a version mismatch is not predicted). ``history`` lists recent batches by
+lineage. ``reset`` rewrites instructions so the next run starts fresh, for a DAG or one task.
+No Airflow here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select, update
+
+from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog.codes import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ExecutionStatus,
+    NextLoadStatus,
+    VersionMismatchPolicy,
+    parse_next_load_status,
+    parse_status,
+)
+from airflow_provider_bfx.catalog.machine import ResumeScope, Run
+from airflow_provider_bfx.catalog.store import CatalogStore
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    task_id: str
+    item_fingerprint: str
+    map_index: int | None
+    run: Run
+    status: ExecutionStatus
+    reason: str
+    prior_execution_id: int | None
+    original_execution_id: int | None
+    audit_id: int | None  # for a compute-only restart: the landed audit ID it will reuse
+
+    @property
+    def action(self) -> str:
+        if self.run is Run.REFUSE:
+            return "refused (already running)"
+        return {
+            ExecutionStatus.SKIPPED: "skip",
+            ExecutionStatus.COMPUTE_ONLY: "compute-only restart",
+            ExecutionStatus.RETRYING: "retry",
+            ExecutionStatus.EXECUTING: "run",
+        }.get(self.status, self.status.value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    dag_id: str
+    known: bool  # the DAG has run under the catalog before
+    resumes: bool
+    batch_status: ExecutionStatus | None
+    lineage_id: int | None
+    attempt: int
+    reason: str
+    reconcile: str | None
+    tasks: list[PlannedTask] = field(default_factory=list)
+
+
+def plan(
+    store: CatalogStore,
+    dag_id: str,
+    *,
+    full_rerun: bool = False,
+    resume_scope: ResumeScope = ResumeScope.LINEAGE,
+    logical_date: datetime | None = None,
+) -> Plan:
+    """What the next run of ``dag_id`` will do, task by task, and why. Changes nothing."""
+
+    def work(conn: Connection) -> Plan:
+        now = store.clock()
+        E, P = store.s.Execution, store.s.Package
+        pkg = conn.execute(
+            select(P).where(P.c.PackageName == keys.batch_package_name(dag_id))
+        ).first()
+        if pkg is None:
+            return Plan(dag_id, False, False, None, None, 1, "never run under the catalog", None)
+        previous = store._previous_batch(conn, pkg.PackageID, now)
+        decision = machine.batch_start(
+            machine.BatchStartFacts(
+                now=now,
+                package_enabled=bool(pkg.IsEnabled),
+                previous=previous,
+                retry_limit=int(pkg.RetryLimit),
+                max_resume_age=pkg.MaxResumeAge,
+                full_rerun_requested=full_rerun,
+                resume_scope=resume_scope,
+                logical_date=logical_date,
+            )
+        )
+        prev = decision.previous
+        lineage = prev.original_execution_id if decision.resumes and prev else None
+        reconcile = None
+        if decision.reconcile is not None:
+            outcome = "S/P" if decision.reconcile.succeeded else "F/R"
+            reconcile = f"batch {decision.reconcile.execution_id} will be closed as {outcome}"
+        result = Plan(
+            dag_id=dag_id,
+            known=True,
+            resumes=decision.resumes,
+            batch_status=decision.start.status,
+            lineage_id=lineage,
+            attempt=prev.attempt_number + 1 if decision.resumes and prev else 1,
+            reason=decision.start.reason,
+            reconcile=reconcile,
+        )
+        packages = conn.execute(
+            select(P).where(P.c.ParentPackageID == pkg.PackageID).order_by(P.c.PackageName)
+        ).all()
+        ids = [p.PackageID for p in packages]
+        priors: dict[tuple[int, str], Any] = {}
+        map_index: dict[tuple[int, str], int | None] = {}
+        if lineage is not None and ids:
+            rows = conn.execute(
+                select(E)
+                .where(E.c.LineageID == lineage, E.c.PackageID.in_(ids))
+                .order_by(E.c.ExecutionID)
+            ).all()
+            for r in rows:
+                key = (r.PackageID, r.ItemFingerprint)
+                map_index[key] = r.MapIndex
+                if r.ExecutionStatus in _TERMINAL:
+                    priors[key] = r
+        actives: dict[tuple[int, str], list[Any]] = defaultdict(list)
+        if ids:
+            for r in conn.execute(
+                select(E).where(E.c.PackageID.in_(ids), E.c.ExecutionStatus.in_(_ACTIVE))
+            ):
+                actives[(r.PackageID, r.ItemFingerprint)].append(r)
+        prefix = f"{dag_id}."
+        for p in packages:
+            items = sorted({fp for (pid, fp) in [*priors, *actives] if pid == p.PackageID}) or [
+                keys.NO_ITEM
+            ]
+            for item in items:
+                key = (p.PackageID, item)
+                result.tasks.append(
+                    _plan_task(
+                        store,
+                        p,
+                        p.PackageName.removeprefix(prefix),
+                        map_index.get(key) if item != keys.NO_ITEM else None,
+                        key,
+                        priors.get(key),
+                        actives.get(key, []),
+                        decision,
+                        now,
+                    )
+                )
+        return result
+
+    return store._transact(work, "plan")
+
+
+def _plan_task(
+    store: CatalogStore,
+    package: Any,
+    task_id: str,
+    map_index: int | None,
+    key: tuple[int, str],
+    prior_row: Any,
+    active_rows: list[Any],
+    decision: machine.BatchStartDecision,
+    now: datetime,
+) -> PlannedTask:
+    where = f"{store.s.qualified(store.s.Execution)} row ExecutionID="
+    prior = None
+    if prior_row is not None:
+        prior = machine.PriorExecution(
+            execution_id=prior_row.ExecutionID,
+            status=parse_status(prior_row.ExecutionStatus, row=f"{where}{prior_row.ExecutionID}"),
+            next_load_status=parse_next_load_status(
+                prior_row.NextLoadStatus, row=f"{where}{prior_row.ExecutionID}"
+            ),
+            audit_id=prior_row.AuditID,
+            original_execution_id=prior_row.OriginalExecutionID,
+            attempt_number=prior_row.AttemptNumber,
+            operator_fingerprint=prior_row.OperatorFingerprint,
+        )
+    active = tuple(
+        machine.ActiveExecution(
+            execution_id=r.ExecutionID,
+            lease_owner=r.LeaseOwner,
+            lease_expires_at=r.LeaseExpiresAt,
+            lease_live=r.LeaseExpiresAt is not None and r.LeaseExpiresAt > now,
+            has_copy_checkpoint=False,
+            in_this_lineage=decision.resumes
+            and r.LineageID == (prior_row.LineageID if prior_row else None),
+            audit_id=r.AuditID,
+            original_execution_id=r.OriginalExecutionID,
+            attempt_number=r.AttemptNumber,
+            operator_fingerprint=r.OperatorFingerprint,
+        )
+        for r in active_rows
+    )
+    start = machine.task_start(
+        machine.TaskStartFacts(
+            batch_skips_all=decision.start.status is ExecutionStatus.SKIPPED,
+            package_enabled=bool(package.IsEnabled),
+            active=active,
+            prior=prior,
+            operator_fingerprint=None,
+            policy=VersionMismatchPolicy.WARN,
+            decides_shape=False,
+        ),
+        now,
+    )
+    chosen = start.prior
+    return PlannedTask(
+        task_id=task_id,
+        item_fingerprint=key[1],
+        map_index=map_index,
+        run=start.start.run,
+        status=start.start.status,
+        reason=start.start.reason,
+        prior_execution_id=chosen.execution_id if chosen else None,
+        original_execution_id=(chosen.original_execution_id if chosen else None),
+        audit_id=chosen.audit_id if chosen and start.start.audit_from_prior else None,
+    )
+
+
+@dataclass(frozen=True)
+class BatchHistory:
+    execution_id: int
+    run_id: str
+    lineage_id: int
+    attempt: int
+    status: str
+    next_load_status: str
+    start_time: datetime
+    end_time: datetime | None
+    task_counts: dict[str, int]
+
+
+def history(store: CatalogStore, dag_id: str, limit: int = 10) -> list[BatchHistory]:
+    """The latest ``limit`` batches of a DAG, newest first, with their tasks' status counts."""
+
+    def work(conn: Connection) -> list[BatchHistory]:
+        E = store.s.Execution
+        batches = conn.execute(
+            select(E)
+            .where(E.c.DagId == dag_id, E.c.TaskId.is_(None))
+            .order_by(E.c.ExecutionID.desc())
+            .limit(limit)
+        ).all()
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        if batches:
+            for parent, status, n in conn.execute(
+                select(E.c.ParentExecutionID, E.c.ExecutionStatus, func.count())
+                .where(E.c.ParentExecutionID.in_([b.ExecutionID for b in batches]))
+                .group_by(E.c.ParentExecutionID, E.c.ExecutionStatus)
+            ):
+                counts[parent][status] = n
+        return [
+            BatchHistory(
+                execution_id=b.ExecutionID,
+                run_id=b.RunId,
+                lineage_id=b.LineageID,
+                attempt=b.AttemptNumber,
+                status=b.ExecutionStatus,
+                next_load_status=b.NextLoadStatus,
+                start_time=b.StartTime,
+                end_time=b.EndTime,
+                task_counts=dict(sorted(counts[b.ExecutionID].items())),
+            )
+            for b in batches
+        ]
+
+    return store._transact(work, "history")
+
+
+@dataclass(frozen=True)
+class ResetResult:
+    dag_id: str
+    task_id: str | None
+    changed_rows: int
+    discarded_checkpoints: int
+    message: str
+
+
+def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> ResetResult:
+    """Force a fresh start: of the whole DAG (its failed lineage is not resumed), or of one task
+    (in the lineage the next run resumes, that task runs in full: no skip, no compute-only
+    restart, its checkpoints discarded)."""
+
+    def work(conn: Connection) -> ResetResult:
+        now = store.clock()
+        E, P, C = store.s.Execution, store.s.Package, store.s.ExecutionCheckpoint
+        pkg = conn.execute(
+            store._lock(select(P).where(P.c.PackageName == keys.batch_package_name(dag_id)), P)
+        ).first()
+        if pkg is None:
+            raise LookupError(f"DAG {dag_id!r} has never run under this catalog: nothing to reset")
+        latest = conn.execute(
+            select(E)
+            .where(E.c.PackageID == pkg.PackageID)
+            .order_by(E.c.ExecutionID.desc())
+            .limit(1)
+        ).first()
+        if latest is None:
+            return ResetResult(dag_id, task_id, 0, 0, "no batch yet: the next run starts fresh")
+        if latest.ExecutionStatus in _ACTIVE:
+            live = conn.execute(
+                select(func.count()).where(
+                    E.c.ParentExecutionID == latest.ExecutionID,
+                    E.c.ExecutionStatus.in_(_ACTIVE),
+                    E.c.LeaseExpiresAt > now,
+                )
+            ).scalar_one()
+            if live:
+                raise RuntimeError(
+                    f"batch {latest.ExecutionID} of {dag_id!r} is running ({live} live task(s));"
+                    " wait for it to end, then reset"
+                )
+        if task_id is None:
+            changed = conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == latest.ExecutionID, E.c.NextLoadStatus != "P")
+                .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
+            ).rowcount
+            if latest.ExecutionStatus in _ACTIVE:
+                changed += conn.execute(
+                    update(E)
+                    .where(E.c.ExecutionID == latest.ExecutionID)
+                    .values(
+                        ExecutionStatus=ExecutionStatus.ABORTED.value,
+                        NextLoadStatus=NextLoadStatus.PENDING.value,
+                        EndTime=now,
+                        UpdatedAt=now,
+                    )
+                ).rowcount
+            return ResetResult(
+                dag_id, None, changed, 0, f"the next run of {dag_id} starts a fresh lineage"
+            )
+        name = keys.task_package_name(dag_id, task_id)
+        tp = conn.execute(select(P).where(P.c.PackageName == name)).first()
+        if tp is None:
+            raise LookupError(f"task {task_id!r} of DAG {dag_id!r} is not in the catalog")
+        lineage = latest.LineageID
+        rows = conn.execute(
+            select(E)
+            .where(E.c.LineageID == lineage, E.c.PackageID == tp.PackageID)
+            .order_by(E.c.ExecutionID)
+        ).all()
+        latest_per_item: dict[str, Any] = {}
+        for r in rows:
+            if r.ExecutionStatus in _TERMINAL:
+                latest_per_item[r.ItemFingerprint] = r
+        changed = 0
+        discarded = 0
+        for item, r in latest_per_item.items():
+            changed += conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == r.ExecutionID)
+                .values(NextLoadStatus=NextLoadStatus.RETRY.value, UpdatedAt=now)
+            ).rowcount
+            discarded += conn.execute(
+                delete(C).where(C.c.ScopeKey == keys.scope_key(lineage, tp.PackageID, item))
+            ).rowcount
+        return ResetResult(
+            dag_id,
+            task_id,
+            changed,
+            discarded,
+            f"{task_id} runs in full in the next run of {dag_id}"
+            f" ({changed} instruction(s) set to R, {discarded} checkpoint(s) discarded)",
+        )
+
+    return store._transact(work, "reset")
