@@ -1,0 +1,57 @@
+"""One :class:`CatalogStore` per catalog per process, reached through ``BfxCatalogHook``.
+
+The store (and its engine's connection pool) is cached by the catalog's URL, not by the
+connection id: the same id may point elsewhere after a connection is redefined, and a cache keyed
+by id would then write one run's rows into another database.
+
+The embedded SQLite catalog (no ``bfx_catalog_default`` connection defined) is deployed on first
+use, so that a first ``airflow dags test`` needs no setup (decision 0011). A catalog reached
+through a defined connection is never deployed implicitly: its owner runs ``bfx catalog init``,
+and a missing schema fails the task with the message that says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from airflow_provider_bfx.catalog.store import CatalogStore
+
+_stores: dict[str, CatalogStore] = {}
+_lock = threading.Lock()
+
+
+def get_store(catalog_conn_id: str) -> CatalogStore:
+    """The store of the catalog behind ``catalog_conn_id`` (cached per URL in this process)."""
+    from airflow_provider_bfx.catalog.migrate import upgrade
+    from airflow_provider_bfx.catalog.store import CatalogStore, CatalogUnavailableError
+    from airflow_provider_bfx.hooks.catalog import BfxCatalogHook
+
+    hook = BfxCatalogHook(catalog_conn_id=catalog_conn_id)
+    url = hook.sqlalchemy_url.render_as_string(hide_password=False)
+    with _lock:
+        store = _stores.get(url)
+        if store is not None:
+            return store
+        engine = hook.get_catalog_engine()
+        if hook.is_embedded:
+            try:
+                upgrade(engine)
+            except SQLAlchemyError as exc:
+                raise CatalogUnavailableError(
+                    f"embedded catalog at {engine.url.database} could not be deployed: {exc}"
+                ) from exc
+        store = CatalogStore(engine)
+        _stores[url] = store
+        return store
+
+
+def forget_stores() -> None:
+    """Dispose every cached engine (after a fork, or between isolated runs in one process)."""
+    with _lock:
+        for store in _stores.values():
+            store.engine.dispose()
+        _stores.clear()

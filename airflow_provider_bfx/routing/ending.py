@@ -1,0 +1,154 @@
+"""The end of a try: record its output, then end its execution from the matching callback.
+
+* ``post_execute`` (:func:`record_output`) runs right after ``execute`` returned, before Airflow
+  reports the state: the return value is written as the ``NODE_OUTPUT`` checkpoint
+  ``return_value``, so that a later run that skips this task as completed can replay it.
+* ``on_success`` -> ``S``; ``on_retry`` -> a failed try (``F``, Airflow retries); ``on_failure``
+  -> the final failure (``F``, the batch is marked failed); ``on_skipped`` -> a skip raised by the
+  task's own logic (``C``/``P``). Airflow decides which callback fires (``ti.state``), so
+  ``AirflowFailException`` and a retry policy are honoured without re-deriving them here.
+
+The execution is found again from the gate's record of this try in this process (decision
+0042); failing that (a callback run in another process), the catalog row of this try is looked
+up read-only. Nothing here ever raises: a callback's exception would only be logged by Airflow,
+and a catalog that is down must not turn a finished task into something else. A try whose row
+stays active is closed later by the lease expiry scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from airflow_provider_bfx.catalog.machine import TaskOutcome
+from airflow_provider_bfx.routing.handle import (
+    RETURN_VALUE_NODE,
+    ExecutionHandle,
+    GateRecord,
+    Outcome,
+    TryKey,
+    forget,
+    recall,
+)
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+_ERROR_MESSAGE_LIMIT = 4000
+
+
+def _record_for(context: Any, key: TryKey) -> GateRecord | None:
+    record = recall(key)
+    if record is not None:
+        return record
+    return _lookup(context, key)
+
+
+def _lookup(context: Any, key: TryKey) -> GateRecord | None:
+    """The active row of this try in the catalog, read-only (a callback in another process)."""
+    from airflow_provider_bfx.catalog.codes import ExecutionStatus
+    from airflow_provider_bfx.routing.catalog import get_store
+    from airflow_provider_bfx.routing.settings import settings_for
+
+    dag = context.get("dag") or getattr(context["ti"].task, "dag", None)
+    store = get_store(settings_for(dag).catalog_conn_id)
+    for row in store.executions(key.dag_id, key.run_id):
+        if (
+            row.TaskId == key.task_id
+            and int(row.MapIndex) == key.map_index
+            and int(row.TryNumber) == key.try_number
+        ):
+            status = ExecutionStatus(row.ExecutionStatus)
+            if not status.is_active:
+                return None
+            handle = ExecutionHandle(
+                execution_id=int(row.ExecutionID),
+                batch_execution_id=int(row.ParentExecutionID),
+                original_execution_id=int(row.OriginalExecutionID or row.ExecutionID),
+                status=status,
+                audit_id=row.AuditID,
+                attempt_number=int(row.AttemptNumber),
+                scope_key="",
+                store=store,
+            )
+            return GateRecord(Outcome.RUN, handle)
+    return None
+
+
+def record_output(context: Any, result: Any) -> None:
+    """Write the return value as the ``return_value`` checkpoint of this lineage."""
+    if result is None:
+        return
+    try:
+        key = TryKey.of(context["ti"])
+        record = recall(key)
+        if record is None or record.handle is None:
+            return
+        if record.outcome not in (Outcome.RUN, Outcome.RERUN_FOR_OUTPUT):
+            return
+        handle = record.handle
+        assert handle.store is not None
+        handle.store.write_checkpoint(
+            execution_id=handle.execution_id,
+            scope_key=handle.scope_key,
+            node=RETURN_VALUE_NODE,
+            payload=result,
+            item_fingerprint=handle.item_fingerprint or None,
+            operator_fingerprint=handle.operator_fingerprint,
+        )
+    except TypeError as exc:
+        log.warning(
+            "bfx: the return value of %s is not JSON-serialisable, so a run that skips this task"
+            " as completed cannot replay it: %s",
+            context["ti"].task_id,
+            exc,
+        )
+    except Exception:
+        log.exception("bfx: could not record the return value of %s", context["ti"].task_id)
+
+
+def _end(context: Any, outcome: TaskOutcome) -> None:
+    try:
+        key = TryKey.of(context["ti"])
+        record = _record_for(context, key)
+        forget(key)
+        if record is None or record.handle is None or record.outcome is not Outcome.RUN:
+            return
+        handle = record.handle
+        assert handle.store is not None
+        error = context.get("exception") if outcome is not TaskOutcome.SUCCESS else None
+        if outcome is TaskOutcome.SKIPPED_BY_LOGIC:
+            error = None
+        kwargs: dict[str, Any] = {}
+        if error is not None:
+            kwargs = {
+                "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
+                "error_message": str(error)[:_ERROR_MESSAGE_LIMIT] or type(error).__name__,
+                "error_detail": "".join(traceback.format_exception(error)),
+            }
+        elif outcome in (TaskOutcome.FAILED_TRY, TaskOutcome.FINAL_FAILURE):
+            kwargs = {"error_type": "unknown", "error_message": "the task failed (no exception)"}
+        handle.store.end_task(handle.execution_id, outcome, **kwargs)
+    except Exception:
+        log.exception(
+            "bfx: could not record %s of %s in the catalog; its row stays active until the lease"
+            " expiry scan closes it",
+            outcome.value,
+            getattr(context.get("ti"), "task_id", "?"),
+        )
+
+
+def on_success(context: Any) -> None:
+    _end(context, TaskOutcome.SUCCESS)
+
+
+def on_retry(context: Any) -> None:
+    _end(context, TaskOutcome.FAILED_TRY)
+
+
+def on_failure(context: Any) -> None:
+    _end(context, TaskOutcome.FINAL_FAILURE)
+
+
+def on_skipped(context: Any) -> None:
+    _end(context, TaskOutcome.SKIPPED_BY_LOGIC)

@@ -1,0 +1,413 @@
+"""The gate: the first thing a routed task does, before any of its own work (``pre_execute``).
+
+It asks the catalog what this try must do and makes Airflow do it:
+
+* **run**: ``context["bfx"]`` is the execution handle and the task runs;
+* **skip** (already completed in this lineage, or package disabled): the recorded return value
+  is pushed as this try's XCom and the task ends *skipped* with the token line as the reason.
+  A task whose output an ``.expand()`` maps over is instead served as *success* with that
+  output, because Airflow never expands a mapped task over a skipped producer (decision 0043);
+* **refuse** (already running elsewhere, or a changed definition under ``FAIL``): the task fails
+  with the catalog's message and Airflow's retries do not apply.
+
+Before that it restores ``all_success``: routing turned the default ``all_success`` into
+``none_failed`` so that a task downstream of a skipped-as-completed task still runs; a task
+whose upstream was skipped for any other reason (a branch, the task's own logic, an upstream
+skipped in turn) is skipped here, ``[BFX_UPSTREAM_SKIPPED]``.
+
+No SQL here: every read and write goes through :class:`CatalogStore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog.codes import (
+    CheckpointType,
+    ExecutionStatus,
+    Token,
+    format_token,
+)
+from airflow_provider_bfx.catalog.machine import Run
+from airflow_provider_bfx.catalog.store import (
+    BatchSpec,
+    CatalogStore,
+    CatalogUnavailableError,
+    TaskSpec,
+    TaskStarted,
+)
+from airflow_provider_bfx.routing import fingerprint, install
+from airflow_provider_bfx.routing.catalog import get_store
+from airflow_provider_bfx.routing.handle import (
+    RETURN_VALUE_NODE,
+    ExecutionHandle,
+    GateRecord,
+    Outcome,
+    TryKey,
+    remember,
+)
+from airflow_provider_bfx.routing.settings import (
+    BfxSettings,
+    BfxSettingsError,
+    OnCatalogUnavailable,
+    settings_for,
+)
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+#: Not one of the contract's catalog tokens: Airflow's own all_success decision, restored.
+UPSTREAM_SKIPPED = "BFX_UPSTREAM_SKIPPED"
+#: Context key through which the gate hands a replayed output to the execute wrapper.
+REPLAY_KEY = "bfx_replay"
+
+
+class BfxCatalogUnavailable(RuntimeError):
+    """The catalog could not be reached at a task's start. A plain exception on purpose:
+    Airflow's retries apply, and a later try may find the catalog back (decision 0044)."""
+
+
+class BfxRoutingError(RuntimeError):
+    """The routing cannot decide for this try (bad settings, corrupt rows, missing schema)."""
+
+
+# -- what the gate needs to know about a task's definition, computed once per process ---------
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    operator_fingerprint: str
+    decides_shape: bool
+    feeds_expand: bool  # an unexpanded mapped task maps over this task's output
+    multiple_outputs: bool
+
+
+_facts: dict[int, tuple[Any, TaskFacts]] = {}
+_facts_lock = threading.Lock()
+
+
+def task_facts(parse_task: Any) -> TaskFacts:
+    """Facts of the parse-time task object (never the rendered copy the runner executes)."""
+    with _facts_lock:
+        cached = _facts.get(id(parse_task))
+        if cached is not None and cached[0] is parse_task:
+            return cached[1]
+    from airflow.sdk import SkipMixin
+
+    mapped = install.is_mapped(parse_task)
+    facts = TaskFacts(
+        operator_fingerprint=fingerprint.operator_fingerprint(parse_task),
+        decides_shape=issubclass(fingerprint.operator_class(parse_task), SkipMixin),
+        feeds_expand=not mapped and next(parse_task.iter_mapped_dependants(), None) is not None,
+        multiple_outputs=bool(getattr(parse_task, "multiple_outputs", False)),
+    )
+    with _facts_lock:
+        if len(_facts) > 4096:
+            _facts.clear()
+        _facts[id(parse_task)] = (parse_task, facts)
+    return facts
+
+
+def parse_time_task(context: Mapping[str, Any]) -> Any:
+    ti = context["ti"]
+    dag = context.get("dag") or getattr(ti.task, "dag", None)
+    task_dict = getattr(dag, "task_dict", None) or {}
+    return task_dict.get(ti.task_id, ti.task)
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+def gate(context: Any) -> None:
+    """Decide this try through the catalog (see the module docstring). Raises to skip or fail."""
+    ti = context["ti"]
+    key = TryKey.of(ti)
+    dag = context.get("dag") or ti.task.dag
+    try:
+        settings = settings_for(dag)
+    except BfxSettingsError as exc:
+        remember(key, GateRecord(Outcome.REFUSED))
+        raise BfxRoutingError(f"bfx routing of {key.dag_id}.{key.task_id}: {exc}") from exc
+
+    parse_task = parse_time_task(context)
+    try:
+        store = get_store(settings.catalog_conn_id)
+        if install.all_success_restored(key.dag_id, key.task_id):
+            _require_upstreams(ti, store, key)
+        facts = task_facts(parse_task)
+        spec = task_spec(context, parse_task, facts, settings)
+        started = store.start_task(spec)
+    except CatalogUnavailableError as exc:
+        _catalog_unavailable(key, settings, exc)
+        return
+    except (AirflowSkipException, AirflowFailException):
+        raise
+    except Exception:
+        # Corrupt rows, a missing schema, an unknown connection: fail before any work, saying
+        # why (the exception's own message names the row or the command that fixes it).
+        remember(key, GateRecord(Outcome.REFUSED))
+        raise
+
+    if started.run is Run.REFUSE:
+        remember(key, GateRecord(Outcome.REFUSED))
+        raise AirflowFailException(started.failure_message or _line(started, key))
+    if started.run is Run.SKIP:
+        _skip(context, key, store, started, facts)
+        return
+    handle = ExecutionHandle(
+        execution_id=started.execution_id,
+        batch_execution_id=started.batch_execution_id,
+        original_execution_id=started.original_execution_id,
+        status=started.status,
+        audit_id=started.audit_id,
+        attempt_number=started.attempt_number,
+        scope_key=started.scope_key,
+        item_fingerprint=spec.item_fingerprint,
+        operator_fingerprint=spec.operator_fingerprint,
+        store=store,
+    )
+    context["bfx"] = handle
+    remember(key, GateRecord(Outcome.RUN, handle))
+
+
+# -- building the request ----------------------------------------------------------------------
+
+
+def _naive_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+def full_rerun_requested(conf: Any) -> bool:
+    """``dag_run.conf`` ``{"bfx": {"mode": "full"}}``."""
+    if not isinstance(conf, Mapping):
+        return False
+    bfx = conf.get("bfx")
+    return isinstance(bfx, Mapping) and str(bfx.get("mode", "")).strip().lower() == "full"
+
+
+def mapped_input(parse_task: Any, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapped input of this mapped task instance, ``{argument: value}``, resolved the way
+    the task runner resolves it (from the literal list, or the upstream's XCom)."""
+    attr = getattr(parse_task, "_expand_input_attr", None)
+    expand_input = getattr(parse_task, attr, None) if attr else None
+    if expand_input is not None and hasattr(expand_input, "resolve"):
+        resolved, _ = expand_input.resolve(context)
+        return dict(resolved)
+    # A task inside a mapped task group: its arguments reference the group's input.
+    runtime = context["ti"].task
+    fields = sorted(getattr(runtime, "template_fields", ()) or ())
+    return {name: getattr(runtime, name, None) for name in fields}
+
+
+def task_spec(
+    context: Mapping[str, Any], parse_task: Any, facts: TaskFacts, settings: BfxSettings
+) -> TaskSpec:
+    ti = context["ti"]
+    dag_run = context.get("dag_run")
+    map_index = keys.UNMAPPED if ti.map_index is None else int(ti.map_index)
+    batch = BatchSpec(
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        logical_date=_naive_utc(context.get("logical_date")),
+        full_rerun=full_rerun_requested(getattr(dag_run, "conf", None)),
+        resume_scope=settings.resume_scope,
+        retry_limit=settings.dag_retry_limit,
+    )
+    item = keys.NO_ITEM
+    if map_index != keys.UNMAPPED:
+        item = fingerprint.item_fingerprint(mapped_input(parse_task, context))
+    return TaskSpec(
+        batch=batch,
+        task_id=ti.task_id,
+        map_index=map_index,
+        try_number=int(ti.try_number or 1),
+        item_fingerprint=item,
+        operator_fingerprint=facts.operator_fingerprint,
+        policy=settings.version_mismatch_policy,
+        decides_shape=facts.decides_shape,
+        lease_seconds=settings.lease_duration,
+    )
+
+
+# -- all_success, restored ---------------------------------------------------------------------
+
+_MAPPED_STATE_KEY = re.compile(r"^(?P<task>.+)_(?P<index>\d+)$")
+
+
+def _state_key(key: str, upstream: set[str]) -> tuple[str, int]:
+    """``get_task_states`` names a mapped upstream's instances ``<task_id>_<map_index>``."""
+    if key in upstream:
+        return key, keys.UNMAPPED
+    match = _MAPPED_STATE_KEY.match(key)
+    if match and match["task"] in upstream:
+        return match["task"], int(match["index"])
+    return key, keys.UNMAPPED
+
+
+def gate_skips(store: CatalogStore, dag_id: str, run_id: str) -> set[tuple[str, int]]:
+    """(task_id, map_index) of this run's tries the GATE skipped (C rows it wrote without
+    running anything: completed, or package disabled). A skip the task's own logic raised is
+    also C, but its row ran under a lease; it does not count (decision 0045)."""
+    latest: dict[tuple[str, int], Any] = {}
+    for row in store.executions(dag_id, run_id):
+        if row.TaskId is None:
+            continue
+        slot = (row.TaskId, int(row.MapIndex))
+        if slot not in latest or row.ExecutionID > latest[slot].ExecutionID:
+            latest[slot] = row
+    return {
+        slot
+        for slot, row in latest.items()
+        if row.ExecutionStatus == ExecutionStatus.SKIPPED.value and row.LeaseOwner is None
+    }
+
+
+def _require_upstreams(ti: Any, store: CatalogStore, key: TryKey) -> None:
+    upstream = set(getattr(ti.task, "upstream_task_ids", ()) or ())
+    if not upstream:
+        return
+    states = ti.get_task_states(dag_id=key.dag_id, run_ids=[key.run_id], task_ids=sorted(upstream))
+    skipped = sorted(k for k, state in (states.get(key.run_id) or {}).items() if state == "skipped")
+    if not skipped:
+        return
+    completed = gate_skips(store, key.dag_id, key.run_id)
+    other = [k for k in skipped if _state_key(k, upstream) not in completed]
+    if not other:
+        return
+    line = _token_line(
+        UPSTREAM_SKIPPED,
+        dag=key.dag_id,
+        task=key.task_id,
+        map_index=key.map_index if key.map_index != keys.UNMAPPED else None,
+        upstream=",".join(other),
+    )
+    log.info("%s", line)
+    remember(key, GateRecord(Outcome.SKIPPED))
+    raise AirflowSkipException(line)
+
+
+# -- skip, replay ------------------------------------------------------------------------------
+
+
+def recorded_output(store: CatalogStore, started: TaskStarted) -> tuple[bool, Any]:
+    found = store.read_checkpoints(started.scope_key, CheckpointType.NODE_OUTPUT, RETURN_VALUE_NODE)
+    if not found:
+        return False, None
+    return True, found[-1].payload
+
+
+def _skip(
+    context: Any, key: TryKey, store: CatalogStore, started: TaskStarted, facts: TaskFacts
+) -> None:
+    ti = context["ti"]
+    reason = _line(started, key)
+    has_output, output = recorded_output(store, started)
+    if facts.feeds_expand:
+        if has_output and install.replays_output(parse_time_task(context)):
+            context[REPLAY_KEY] = output
+            remember(key, GateRecord(Outcome.REPLAYED))
+            log.info("%s served=success (an .expand() maps over this output)", reason)
+            return
+        # No recorded output to serve (never recorded, or the wrapper is not installed): run
+        # it again so that the mapped task downstream gets its input. Its row stays C.
+        log.warning(
+            "%s no recorded output to serve to the .expand() downstream: running it again",
+            reason,
+        )
+        remember(
+            key,
+            GateRecord(
+                Outcome.RERUN_FOR_OUTPUT,
+                ExecutionHandle(
+                    execution_id=started.execution_id,
+                    batch_execution_id=started.batch_execution_id,
+                    original_execution_id=started.original_execution_id,
+                    status=started.status,
+                    audit_id=started.audit_id,
+                    attempt_number=started.attempt_number,
+                    scope_key=started.scope_key,
+                    store=store,
+                ),
+            ),
+        )
+        return
+    if has_output and output is not None:
+        ti.xcom_push("return_value", output)
+        if facts.multiple_outputs and isinstance(output, Mapping):
+            for name, value in output.items():
+                ti.xcom_push(str(name), value)
+    remember(key, GateRecord(Outcome.SKIPPED))
+    raise AirflowSkipException(reason)
+
+
+def _line(started: TaskStarted, key: TryKey) -> str:
+    """The token line of the decision (the store already logged it): the skip/refuse reason."""
+    wanted = (
+        f"[{Token.SKIP_COMPLETED.value}]",
+        f"[{Token.PACKAGE_DISABLED.value}]",
+        f"[{Token.ALREADY_RUNNING.value}]",
+        f"[{Token.FINGERPRINT_MISMATCH.value}]",
+    )
+    for line in reversed(started.log_lines):
+        if line.startswith(wanted):
+            return line
+    return f"[bfx] task={key.task_id} execution_id={started.execution_id} {started.reason}"
+
+
+def _token_line(token: str, **context: object) -> str:
+    """``[TOKEN] key=value ...`` for a token that is not one of the catalog's (the same
+    quoting as :func:`format_token`)."""
+    parts = [f"[{token}]"]
+    for name, value in context.items():
+        if value is None:
+            continue
+        text = str(value)
+        if not text or any(ch.isspace() for ch in text) or '"' in text:
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{name}={text}")
+    return " ".join(parts)
+
+
+# -- catalog down -------------------------------------------------------------------------------
+
+
+def _catalog_unavailable(key: TryKey, settings: BfxSettings, exc: Exception) -> None:
+    run_unrouted = settings.on_catalog_unavailable is OnCatalogUnavailable.RUN
+    line = format_token(
+        Token.CATALOG_UNAVAILABLE,
+        dag=key.dag_id,
+        task=key.task_id,
+        map_index=key.map_index if key.map_index != keys.UNMAPPED else None,
+        on_catalog_unavailable=settings.on_catalog_unavailable.value,
+        action="run_unrouted" if run_unrouted else "fail",
+        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    )
+    if run_unrouted:
+        log.warning("%s", line)
+        remember(key, GateRecord(Outcome.UNROUTED))
+        return
+    log.error("%s", line)
+    remember(key, GateRecord(Outcome.REFUSED))
+    raise BfxCatalogUnavailable(line) from exc

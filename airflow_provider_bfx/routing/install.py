@@ -1,0 +1,158 @@
+"""Install the gate and the callbacks on a DAG's tasks (used by the policy and ``route_dag``).
+
+Runs at parse time, in every process that parses the DAG file (DAG processor, task process,
+``dags test``), many times per process: it does no I/O, is idempotent, and leaves anything the
+DAG author installed in place (their hooks are chained, their callbacks kept).
+
+What it changes on each task:
+
+* ``pre_execute`` = the gate, ``post_execute`` = the output recorder (chained before/after the
+  author's own). On a mapped task these live in ``partial_kwargs``, which Airflow serializes as
+  source text: the functions installed there are the stable trampolines of
+  :mod:`airflow_provider_bfx.callbacks` (decision 0041);
+* the four callbacks, appended;
+* ``trigger_rule``: the default ``all_success`` becomes ``none_failed`` (a task downstream of a
+  skipped-as-completed task must run); the gate restores ``all_success`` for the others. Which
+  tasks were converted is remembered here, per (dag_id, task_id), for the gate of this process;
+* ``execute`` of a task whose output an ``.expand()`` maps over is wrapped, so the gate can
+  serve it as SUCCESS with its recorded output (decision 0043).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from airflow_provider_bfx.callbacks import TASK_CALLBACKS, bfx_post_execute, bfx_pre_execute
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+ALL_SUCCESS = "all_success"
+NONE_FAILED = "none_failed"
+
+_converted: set[tuple[str, str]] = set()
+_converted_lock = threading.Lock()
+
+_CHAIN_MARK = "_bfx_chain"
+_GATED_MARK = "_bfx_gated_execute"
+
+
+def is_mapped(task: Any) -> bool:
+    return hasattr(task, "partial_kwargs") and hasattr(task, "operator_class")
+
+
+def all_success_restored(dag_id: str, task_id: str) -> bool:
+    """Whether routing turned this task's ``all_success`` into ``none_failed``."""
+    with _converted_lock:
+        return (dag_id, task_id) in _converted
+
+
+def _mark_converted(dag_id: str, task_id: str) -> None:
+    with _converted_lock:
+        _converted.add((dag_id, task_id))
+
+
+# -- hooks -----------------------------------------------------------------------------------
+
+
+def _is_ours(hook: Any, ours: Callable[..., Any]) -> bool:
+    return hook is ours or bool(getattr(hook, _CHAIN_MARK, False))
+
+
+def _chain_pre(user_hook: Callable[..., Any]) -> Callable[..., Any]:
+    def bfx_chained_pre_execute(context: Any) -> None:
+        bfx_pre_execute(context)
+        user_hook(context)
+
+    setattr(bfx_chained_pre_execute, _CHAIN_MARK, True)
+    return bfx_chained_pre_execute
+
+
+def _chain_post(user_hook: Callable[..., Any]) -> Callable[..., Any]:
+    def bfx_chained_post_execute(context: Any, result: Any = None) -> None:
+        user_hook(context, result)
+        bfx_post_execute(context, result)
+
+    setattr(bfx_chained_post_execute, _CHAIN_MARK, True)
+    return bfx_chained_post_execute
+
+
+def _hooked(current: Any, ours: Callable[..., Any], chain: Callable[..., Any]) -> Any:
+    if current is None:
+        return ours
+    if _is_ours(current, ours):
+        return current
+    return chain(current)
+
+
+def _with_callback(current: Any, callback: Callable[..., Any]) -> list[Any] | None:
+    """The callbacks list with ``callback`` appended; None when it is already there."""
+    if current is None:
+        callbacks: list[Any] = []
+    elif callable(current):
+        callbacks = [current]
+    else:
+        callbacks = list(current)
+    if any(cb is callback for cb in callbacks):
+        return None
+    return [*callbacks, callback]
+
+
+# -- execute wrapper (replay for the producer of a mapped input) ------------------------------
+
+
+def replays_output(task: Any) -> bool:
+    """Whether ``task.execute`` was wrapped so the gate can serve a replayed output."""
+    return bool(getattr(getattr(task, "execute", None), _GATED_MARK, False))
+
+
+def _gated_execute(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def gated_execute(context: Any) -> Any:
+        from airflow_provider_bfx.routing.gate import REPLAY_KEY
+
+        if REPLAY_KEY in context:
+            return context[REPLAY_KEY]
+        # Dispatch to the rendered runtime copy the runner prepared, never to the parse-time
+        # object ``original`` is bound to: its templated arguments are still unrendered.
+        task = context["ti"].task
+        return type(task).execute(task, context)
+
+    setattr(gated_execute, _GATED_MARK, True)
+    return gated_execute
+
+
+# -- one task, one DAG ------------------------------------------------------------------------
+
+
+def route_task(task: Any, dag_id: str) -> None:
+    """Install the gate, the recorder and the callbacks on ``task`` (idempotent)."""
+    if is_mapped(task):
+        partial = task.partial_kwargs
+        partial["pre_execute"] = _hooked(partial.get("pre_execute"), bfx_pre_execute, _chain_pre)
+        partial["post_execute"] = _hooked(
+            partial.get("post_execute"), bfx_post_execute, _chain_post
+        )
+    else:
+        task._pre_execute_hook = _hooked(task._pre_execute_hook, bfx_pre_execute, _chain_pre)
+        task._post_execute_hook = _hooked(task._post_execute_hook, bfx_post_execute, _chain_post)
+        if not replays_output(task) and next(task.iter_mapped_dependants(), None) is not None:
+            task.execute = _gated_execute(task.execute)
+    for attr, callback in TASK_CALLBACKS:
+        updated = _with_callback(getattr(task, attr, None), callback)
+        if updated is not None:
+            setattr(task, attr, updated)
+    if str(getattr(task.trigger_rule, "value", task.trigger_rule)) == ALL_SUCCESS:
+        from airflow.sdk import TriggerRule
+
+        task.trigger_rule = TriggerRule.NONE_FAILED
+        _mark_converted(dag_id, task.task_id)
+
+
+def route_tasks(dag: Any) -> None:
+    """Route every task of ``dag``."""
+    for task in dag.tasks:
+        route_task(task, dag.dag_id)
