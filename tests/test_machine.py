@@ -27,6 +27,7 @@ from airflow_provider_bfx.catalog.machine import (
     BatchStart,
     BatchStartFacts,
     Emit,
+    LandedCopy,
     Lineage,
     PreviousBatch,
     PriorExecution,
@@ -649,11 +650,11 @@ def skip_emit(p: PriorExecution) -> tuple[Token, dict[str, object]]:
     )
 
 
-def compute_emit(p: PriorExecution) -> tuple[Token, dict[str, object]]:
+def compute_emit(p: PriorExecution, audit_id: int | None = None) -> tuple[Token, dict[str, object]]:
     return (
         Token.COMPUTE_ONLY_RESTART,
         dict(
-            audit_id=p.audit_id,
+            audit_id=p.audit_id if audit_id is None else audit_id,
             prior_execution_id=p.execution_id,
             original_execution_id=p.original_execution_id,
         ),
@@ -690,6 +691,9 @@ class TaskCase:
     prior: PriorExecution | None = None  # the prior the decision reports (after aborts)
     prior_is_facts: bool = True  # True: the decision's prior is the facts' prior, unchanged
     failure_message: tuple[str, ...] = ()  # fragments the failure message must contain
+    # (AuditID, fingerprint) of the reused state; None: the decision prior's, when the start
+    # reuses state (audit_from_prior), else (None, None).
+    reused: tuple[int | None, str | None] | None = None
 
 
 P_C = prior(status=St.SUCCEEDED, next_load_status=Nls.SKIP)
@@ -701,6 +705,7 @@ P_A_D = prior(status=St.ABORTED, next_load_status=Nls.COMPUTE_ONLY)
 P_A_R = prior(status=St.ABORTED, next_load_status=Nls.RETRY)
 P_DISABLED = prior(status=St.SKIPPED, next_load_status=Nls.PENDING)
 
+LANDED = LandedCopy(execution_id=11, audit_id=11, operator_fingerprint=OLD_FP)
 STALE_COPY = stale(has_copy_checkpoint=True)
 STALE_NO_COPY = stale()
 STALE_OTHER_LINEAGE = stale(execution_id=40, in_this_lineage=False, has_copy_checkpoint=True)
@@ -1012,6 +1017,104 @@ TASK_CASES = [
         SHAPE,
         [],
     ),
+    # The landed copy decides what a compute-only restart reuses: its writer's AuditID and the
+    # definition that landed it, whatever executions came in between.
+    TaskCase(
+        "compute-only-reuses-the-landed-audit",
+        tfacts(prior=P_D, landed=LANDED),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(P_D, audit_id=11)],
+        reused=(11, OLD_FP),
+    ),
+    TaskCase(
+        "compute-only-landed-audit-unknown-falls-back-to-prior",
+        tfacts(prior=P_D, landed=replace(LANDED, audit_id=None)),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(P_D)],
+        reused=(15, OLD_FP),
+    ),
+    TaskCase(
+        "compute-only-fingerprint-checked-against-the-landed-copy-warn",
+        tfacts(
+            prior=replace(P_D, operator_fingerprint=NEW_FP),
+            landed=LANDED,
+            operator_fingerprint=NEW_FP,
+        ),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(P_D, audit_id=11), mismatch(WARN)],
+        reused=(11, OLD_FP),
+    ),
+    TaskCase(
+        "compute-only-fingerprint-checked-against-the-landed-copy-fail",
+        tfacts(
+            prior=replace(P_D, operator_fingerprint=NEW_FP),
+            landed=LANDED,
+            operator_fingerprint=NEW_FP,
+            policy=FAIL,
+        ),
+        3,
+        refused_fail(Nls.COMPUTE_ONLY),
+        [mismatch(FAIL)],
+        failure_message=(f"{OLD_FP[:12]} -> {NEW_FP[:12]}", "execution 20"),
+        reused=(11, OLD_FP),
+    ),
+    TaskCase(
+        "compute-only-landed-fingerprint-unknown-falls-back-to-prior",
+        tfacts(prior=P_D, landed=replace(LANDED, operator_fingerprint=None), policy=FAIL),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(P_D, audit_id=11)],
+        reused=(11, OLD_FP),
+    ),
+    TaskCase(
+        "compute-only-landed-same-fingerprint-no-mismatch",
+        tfacts(
+            prior=replace(P_D, operator_fingerprint=NEW_FP),
+            landed=replace(LANDED, operator_fingerprint=NEW_FP),
+            operator_fingerprint=NEW_FP,
+            policy=FAIL,
+        ),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(P_D, audit_id=11)],
+        reused=(11, NEW_FP),
+    ),
+    TaskCase(
+        "stale-with-copy-reuses-the-landed-audit",
+        tfacts(active=(STALE_COPY,), landed=LANDED),
+        3,
+        COMPUTE_ONLY,
+        [compute_emit(aborted_prior(STALE_COPY, Nls.COMPUTE_ONLY), audit_id=11)],
+        aborts=(lease_expired(30, Nls.COMPUTE_ONLY),),
+        prior=aborted_prior(STALE_COPY, Nls.COMPUTE_ONLY),
+        prior_is_facts=False,
+        reused=(11, OLD_FP),
+    ),
+    TaskCase(
+        "skip-ignores-the-landed-copy",
+        tfacts(prior=P_C, landed=replace(LANDED, operator_fingerprint=NEW_FP)),
+        2,
+        SKIP_COMPLETED,
+        [skip_emit(P_C)],
+        reused=(15, OLD_FP),
+    ),
+    TaskCase(
+        "retry-ignores-the-landed-copy",
+        tfacts(prior=P_R, landed=LANDED, operator_fingerprint=NEW_FP, policy=FAIL),
+        4,
+        RETRY,
+        [retry_emit(P_R)],
+    ),
+    TaskCase(
+        "execute-ignores-the-landed-copy",
+        tfacts(landed=LANDED),
+        5,
+        EXECUTE,
+        [],
+    ),
     TaskCase(
         "shape-operator-no-fingerprint-check",
         tfacts(prior=P_C, decides_shape=True, operator_fingerprint=NEW_FP, policy=FAIL),
@@ -1030,7 +1133,15 @@ def test_task_start(case: TaskCase) -> None:
     assert replace(decision.start, emits=(), failure_message=None) == case.start
     assert emitted(decision.start.emits) == case.emits
     assert decision.aborts == case.aborts
-    assert decision.prior == (case.facts.prior if case.prior_is_facts else case.prior)
+    expected_prior = case.facts.prior if case.prior_is_facts else case.prior
+    assert decision.prior == expected_prior
+    reused = case.reused
+    if reused is None:
+        reused = (None, None)
+        if case.start.audit_from_prior:
+            assert expected_prior is not None
+            reused = (expected_prior.audit_id, expected_prior.operator_fingerprint)
+    assert (decision.reused_audit_id, decision.reused_fingerprint) == reused
     if case.failure_message:
         message = decision.start.failure_message
         assert message is not None
