@@ -1,0 +1,74 @@
+"""A catalog that cannot be reached at a task's start: fail before any work, or run unrouted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import bfx_log, run_dag
+
+from airflow_provider_bfx.routing.catalog import forget_stores
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "bfx_e2e_tiny"
+
+
+@pytest.fixture
+def unreachable_catalog(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Path]:
+    """``bfx_catalog_default`` is a PostgreSQL server nobody listens for (connection refused)."""
+    for name in [n for n in __import__("os").environ if n.startswith("AIRFLOW__BFX__")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BFX_CATALOG_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 9,  # discard: closed on this machine
+                "login": "bfx",
+                "password": "bfx",
+                "schema": "bfx_catalog",
+            }
+        ),
+    )
+    monkeypatch.setenv("BFX_EXAMPLE_COPY_DIR", str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        forget_stores()
+
+
+def ran(folder: Path) -> list[str]:
+    path = folder / "executions"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_unreachable_catalog_fails_the_task_before_any_work(
+    unreachable_catalog: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = run_dag(DAG_ID)
+    assert run.state == "failed"
+    assert run.state_of("work") == "failed"
+    assert run.state_of("after") == "upstream_failed"
+    assert ran(unreachable_catalog) == []  # the task's own code never ran
+    log = bfx_log(caplog)
+    assert "[BFX_CATALOG_UNAVAILABLE] dag=bfx_e2e_tiny task=work" in log
+    assert "action=fail" in log
+
+
+def test_unreachable_catalog_runs_unrouted_when_configured(
+    unreachable_catalog: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AIRFLOW__BFX__ON_CATALOG_UNAVAILABLE", "run")
+    run = run_dag(DAG_ID)
+    assert run.state == "success"
+    assert run.state_of("work") == run.state_of("after") == "success"
+    assert [line.split(":")[0] for line in ran(unreachable_catalog)] == ["work", "after"]
+    log = bfx_log(caplog)
+    assert "[BFX_CATALOG_UNAVAILABLE] dag=bfx_e2e_tiny task=work" in log
+    assert "action=run_unrouted" in log
