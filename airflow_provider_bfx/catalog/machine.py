@@ -317,6 +317,7 @@ class ActiveExecution:
     original_execution_id: int | None
     attempt_number: int
     operator_fingerprint: str | None
+    batch_succeeded: bool = False  # its batch already ended S: its lineage is closed
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,18 @@ class PriorExecution:
 
 
 @dataclass(frozen=True)
+class LandedCopy:
+    """The copy checkpoint of this task in this lineage: the data a compute-only restart reuses.
+
+    Its writer's AuditID is the audit ID the data was landed under, and its fingerprint is the
+    definition that landed it, whatever executions came in between."""
+
+    execution_id: int
+    audit_id: int | None
+    operator_fingerprint: str | None
+
+
+@dataclass(frozen=True)
 class TaskStartFacts:
     batch_skips_all: bool  # the batch itself is C (package of the DAG disabled)
     package_enabled: bool
@@ -341,6 +354,7 @@ class TaskStartFacts:
     operator_fingerprint: str | None
     policy: VersionMismatchPolicy
     decides_shape: bool  # branch / short-circuit operators: never skipped as completed
+    landed: LandedCopy | None = None
 
 
 class Run(str, Enum):
@@ -381,6 +395,10 @@ class TaskStartDecision:
     aborts: tuple[Abort, ...]
     prior: PriorExecution | None  # after aborts: the execution whose state is reused
     rule: str
+    # When the start reuses state (skip, compute-only restart, FAIL refusal): the audit ID it
+    # carries and the fingerprint of the definition that wrote that state. None otherwise.
+    reused_audit_id: int | None = None
+    reused_fingerprint: str | None = None
 
 
 def _p(f: TaskStartFacts) -> PriorExecution:
@@ -442,7 +460,7 @@ TASK_START_RULES: tuple[Rule[TaskStartFacts, TaskStart], ...] = (
             emits=(
                 Emit.of(
                     Token.COMPUTE_ONLY_RESTART,
-                    audit_id=_p(f).audit_id,
+                    audit_id=reused_state(f)[0],
                     prior_execution_id=_p(f).execution_id,
                     original_execution_id=_p(f).original_execution_id,
                 ),
@@ -503,7 +521,10 @@ def _refuse_running(live: ActiveExecution) -> TaskStart:
 
 
 def _abort_stale(a: ActiveExecution, now: datetime) -> Abort:
-    nls = Nls.COMPUTE_ONLY if a.has_copy_checkpoint else Nls.RETRY
+    if a.batch_succeeded:
+        nls = Nls.PENDING  # the lineage is closed: nothing waits for this task
+    else:
+        nls = Nls.COMPUTE_ONLY if a.has_copy_checkpoint else Nls.RETRY
     ago = (now - a.lease_expires_at).total_seconds() if a.lease_expires_at else None
     emit = Emit.of(
         Token.LEASE_EXPIRED,
@@ -521,22 +542,37 @@ def expire(active: ActiveExecution, now: datetime) -> Abort:
     return _abort_stale(active, now)
 
 
+def reused_state(f: TaskStartFacts) -> tuple[int | None, str | None]:
+    """(audit ID, fingerprint) of the state the prior execution's instruction reuses: for a
+    compute-only restart the landed copy's, else the prior execution's own."""
+    prior = f.prior
+    if prior is None:
+        return None, None
+    if prior.next_load_status is Nls.COMPUTE_ONLY and f.landed is not None:
+        return (
+            f.landed.audit_id if f.landed.audit_id is not None else prior.audit_id,
+            f.landed.operator_fingerprint or prior.operator_fingerprint,
+        )
+    return prior.audit_id, prior.operator_fingerprint
+
+
 def _mismatch(f: TaskStartFacts, start: TaskStart) -> TaskStart:
     """Step 4: the version-mismatch policy, applied when reused state was written by other code."""
     reuses_state = start.audit_from_prior or start.status is St.COMPUTE_ONLY
     prior = f.prior
+    recorded = reused_state(f)[1]
     if (
         not reuses_state
         or prior is None
-        or prior.operator_fingerprint is None
+        or recorded is None
         or f.operator_fingerprint is None
-        or prior.operator_fingerprint == f.operator_fingerprint
+        or recorded == f.operator_fingerprint
     ):
         return start
     emit = Emit.of(
         Token.FINGERPRINT_MISMATCH,
         policy=f.policy.value,
-        recorded=prior.operator_fingerprint[:12],
+        recorded=recorded[:12],
         current=f.operator_fingerprint[:12],
         prior_execution_id=prior.execution_id,
     )
@@ -561,7 +597,7 @@ def _mismatch(f: TaskStartFacts, start: TaskStart) -> TaskStart:
         failure_message=(
             f"[{Token.FINGERPRINT_MISMATCH}] the task's definition changed since execution"
             f" {prior.execution_id} recorded the state this run would reuse (operator fingerprint"
-            f" {prior.operator_fingerprint[:12]} -> {f.operator_fingerprint[:12]}) and"
+            f" {recorded[:12]} -> {f.operator_fingerprint[:12]}) and"
             " version_mismatch_policy=FAIL. Revert the change, set the policy to WARN or RERUN,"
             " or run `bfx reset DAG_ID --task TASK_ID` to start this task fresh."
         ),
@@ -596,7 +632,15 @@ def task_start(facts: TaskStartFacts, now: datetime) -> TaskStartDecision:
                 )
     rule, start = decide(TASK_START_RULES, facts)
     start = _mismatch(facts, start)
-    return TaskStartDecision(start=start, aborts=aborts, prior=facts.prior, rule=rule.design)
+    audit, fingerprint = reused_state(facts) if start.audit_from_prior else (None, None)
+    return TaskStartDecision(
+        start=start,
+        aborts=aborts,
+        prior=facts.prior,
+        rule=rule.design,
+        reused_audit_id=audit,
+        reused_fingerprint=fingerprint,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,7 +133,8 @@ def plan(
             for r in rows:
                 key = (r.PackageID, r.ItemFingerprint)
                 map_index[key] = r.MapIndex
-                if r.ExecutionStatus in _TERMINAL:
+                refused = r.ExecutionStatus == "A" and r.NextLoadStatus == "P"
+                if r.ExecutionStatus in _TERMINAL and not refused:
                     priors[key] = r
         actives: dict[tuple[int, str], list[Any]] = defaultdict(list)
         if ids:
@@ -229,7 +230,7 @@ def _plan_task(
         reason=start.start.reason,
         prior_execution_id=chosen.execution_id if chosen else None,
         original_execution_id=(chosen.original_execution_id if chosen else None),
-        audit_id=chosen.audit_id if chosen and start.start.audit_from_prior else None,
+        audit_id=start.reused_audit_id,
     )
 
 

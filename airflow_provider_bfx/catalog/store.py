@@ -40,6 +40,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -343,6 +344,9 @@ class CatalogStore:
         ).first():
             return []  # another task of this run created it while we waited for the lock
 
+        # DESIGN.md §5: an expiry scan at every batch start, so that a task that crashed with
+        # its lease lapsed counts as aborted when the batch it left open is reconciled.
+        lines = [e.log_line for e in self._expire(conn, now)]
         previous = self._previous_batch(conn, pkg.PackageID, now)
         facts = machine.BatchStartFacts(
             now=now,
@@ -355,7 +359,6 @@ class CatalogStore:
             logical_date=spec.logical_date,
         )
         decision = machine.batch_start(facts)
-        lines: list[str] = []
         if decision.reconcile is not None:
             assert previous is not None
             self._apply_batch_end(
@@ -411,8 +414,10 @@ class CatalogStore:
         if row is None:
             return None
         child = E.alias("child")
+        # Live anywhere in the lineage: a try of an earlier attempt may still be running.
         live = exists().where(
-            child.c.ParentExecutionID == row.ExecutionID,
+            child.c.LineageID == row.LineageID,
+            child.c.TaskId.is_not(None),
             child.c.ExecutionStatus.in_(_ACTIVE),
             child.c.LeaseExpiresAt > now,
         )
@@ -478,6 +483,8 @@ class CatalogStore:
                 inner.c.PackageID == tp.c.PackageID,
                 inner.c.ItemFingerprint == bindparam("p_item"),
                 inner.c.ExecutionStatus.in_(_TERMINAL),
+                # A refused start (A/P: it never ran) decides nothing for the next one.
+                or_(inner.c.ExecutionStatus != "A", inner.c.NextLoadStatus != "P"),
             )
             .scalar_subquery()
         )
@@ -490,7 +497,36 @@ class CatalogStore:
             w.c.PackageID == a.c.PackageID,
             w.c.ItemFingerprint == a.c.ItemFingerprint,
         )
+        # The latest copy checkpoint of this task and item in this lineage, and its writer.
+        lc, lw, cw = self.s.ExecutionCheckpoint.alias("lc"), E.alias("lw"), E.alias("cw")
+        cc = self.s.ExecutionCheckpoint.alias("cc")
+        landed_id = (
+            select(func.max(cc.c.CheckpointID))
+            .select_from(cc.join(cw, cw.c.ExecutionID == cc.c.ExecutionID))
+            .where(
+                cc.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+                cc.c.NodeKey == keys.COPY_NODE,
+                cw.c.LineageID == b.c.LineageID,
+                cw.c.PackageID == tp.c.PackageID,
+                cw.c.ItemFingerprint == bindparam("p_item"),
+            )
+            .scalar_subquery()
+        )
+        first = E.alias("first")
+        first_id = (
+            select(func.min(first.c.ExecutionID))
+            .where(
+                first.c.LineageID == b.c.LineageID,
+                first.c.PackageID == tp.c.PackageID,
+                first.c.ItemFingerprint == bindparam("p_item"),
+            )
+            .scalar_subquery()
+        )
         cols = [
+            first_id.label("first_id"),
+            lw.c.ExecutionID.label("l_writer"),
+            lw.c.AuditID.label("l_audit"),
+            func.coalesce(lc.c.OperatorFingerprint, lw.c.OperatorFingerprint).label("l_opfp"),
             b.c.ExecutionID.label("b_id"),
             b.c.ExecutionStatus.label("b_status"),
             b.c.LineageID.label("b_lineage"),
@@ -532,6 +568,8 @@ class CatalogStore:
                 ),
             )
             .outerjoin(p, p.c.ExecutionID == prior_id)
+            .outerjoin(lc, lc.c.CheckpointID == landed_id)
+            .outerjoin(lw, lw.c.ExecutionID == lc.c.ExecutionID)
         )
         query = (
             select(*cols)
@@ -634,6 +672,9 @@ class CatalogStore:
                 operator_fingerprint=spec.operator_fingerprint,
                 policy=spec.policy,
                 decides_shape=spec.decides_shape,
+                landed=None
+                if f["l_writer"] is None
+                else machine.LandedCopy(int(f["l_writer"]), f["l_audit"], f["l_opfp"]),
             ),
             now,
         )
@@ -656,6 +697,9 @@ class CatalogStore:
 
         start = decision.start
         prior = decision.prior
+        # OriginalExecutionID: the first execution of this task and item in the lineage,
+        # whatever became of it (refused starts included); none yet means this one.
+        lineage_first = None if f["first_id"] is None else int(f["first_id"])
         scope = keys.scope_key(lineage_id, int(package_id), spec.item_fingerprint)
         if start.discard_checkpoints:
             C = self.s.ExecutionCheckpoint
@@ -667,17 +711,19 @@ class CatalogStore:
             next_id,
             dict(
                 ParentExecutionID=batch_id,
-                OriginalExecutionID=(prior.original_execution_id or prior.execution_id)
-                if prior
-                else SELF,
+                OriginalExecutionID=lineage_first if lineage_first is not None else SELF,
                 LineageID=lineage_id,
-                AuditID=(prior.audit_id if start.audit_from_prior and prior else SELF),
+                AuditID=decision.reused_audit_id if start.audit_from_prior else SELF,
                 ExternalExecutionID=spec.external_id,
                 PackageID=package_id,
                 ExecutionStatus=start.status.value,
                 NextLoadStatus=start.next_load_status.value,
                 AttemptNumber=prior.attempt_number + 1 if prior else 1,
-                OperatorFingerprint=spec.operator_fingerprint,
+                # A row that ran records its own definition; a skip records the definition that
+                # wrote the state it stands for, so a later attempt still compares against it.
+                OperatorFingerprint=decision.reused_fingerprint
+                if start.run is Run.SKIP and decision.reused_fingerprint
+                else spec.operator_fingerprint,
                 ItemFingerprint=spec.item_fingerprint,
                 LeaseOwner=(spec.lease_owner or default_lease_owner()) if running else None,
                 LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds) if running else None,
@@ -694,8 +740,8 @@ class CatalogStore:
         )
         for emit in start.emits:
             lines.append(_line(emit, **ctx, execution_id=new_id))
-        original = (prior.original_execution_id or prior.execution_id) if prior else new_id
-        audit = prior.audit_id if start.audit_from_prior and prior else new_id
+        original = lineage_first if lineage_first is not None else new_id
+        audit = decision.reused_audit_id if start.audit_from_prior else new_id
         return TaskStarted(
             execution_id=new_id,
             batch_execution_id=batch_id,
@@ -890,7 +936,6 @@ class CatalogStore:
                 .where(
                     E.c.LineageID == lineage_id,
                     E.c.NextLoadStatus != NextLoadStatus.PENDING.value,
-                    E.c.ExecutionStatus.in_(_TERMINAL),
                 )
                 .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
             )
@@ -951,72 +996,82 @@ class CatalogStore:
 
         return self._transact(work, "lease renewal")
 
+    def _expire(self, conn: Connection, now: datetime) -> list[ExpiredLease]:
+        """Close every active task execution whose lease lapsed (see :meth:`expire_leases`).
+
+        A row whose batch already ended successfully gets NextLoadStatus P: its lineage is
+        closed, nothing waits for it."""
+        E = self.s.Execution
+        a, w, parent = E.alias("a"), E.alias("w"), E.alias("parent")
+        c = self.s.ExecutionCheckpoint.alias("c")
+        copy_landed = exists().where(
+            c.c.ExecutionID == w.c.ExecutionID,
+            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+            c.c.NodeKey == keys.COPY_NODE,
+            w.c.LineageID == a.c.LineageID,
+            w.c.PackageID == a.c.PackageID,
+            w.c.ItemFingerprint == a.c.ItemFingerprint,
+        )
+        rows = conn.execute(
+            select(
+                a,
+                _flag(copy_landed).label("copy_landed"),
+                select(parent.c.ExecutionStatus)
+                .where(parent.c.ExecutionID == a.c.ParentExecutionID)
+                .scalar_subquery()
+                .label("batch_status"),
+            ).where(
+                a.c.ExecutionStatus.in_(_ACTIVE),
+                a.c.LeaseExpiresAt < now,
+                a.c.TaskId.is_not(None),
+            )
+        ).all()
+        out: list[ExpiredLease] = []
+        for r in rows:
+            abort = machine.expire(
+                machine.ActiveExecution(
+                    execution_id=r.ExecutionID,
+                    lease_owner=r.LeaseOwner,
+                    lease_expires_at=r.LeaseExpiresAt,
+                    lease_live=False,
+                    has_copy_checkpoint=bool(r.copy_landed),
+                    in_this_lineage=True,
+                    audit_id=r.AuditID,
+                    original_execution_id=r.OriginalExecutionID,
+                    attempt_number=r.AttemptNumber,
+                    operator_fingerprint=r.OperatorFingerprint,
+                    batch_succeeded=r.batch_status == ExecutionStatus.SUCCEEDED.value,
+                ),
+                now,
+            )
+            changed = conn.execute(
+                update(E)
+                .where(
+                    E.c.ExecutionID == r.ExecutionID,
+                    E.c.ExecutionStatus.in_(_ACTIVE),
+                    E.c.LeaseExpiresAt < now,
+                )
+                .values(
+                    ExecutionStatus=ExecutionStatus.ABORTED.value,
+                    NextLoadStatus=abort.next_load_status.value,
+                    EndTime=now,
+                    UpdatedAt=now,
+                )
+            ).rowcount
+            if changed:
+                line = _line(
+                    abort.emit,
+                    dag=r.DagId,
+                    task=r.TaskId,
+                    batch_execution_id=r.ParentExecutionID,
+                )
+                out.append(ExpiredLease(r.ExecutionID, abort.next_load_status, line))
+        return out
+
     def expire_leases(self) -> list[ExpiredLease]:
         """The expiry scan: active executions whose lease lapsed become A (NextLoadStatus D if
         their copy step landed, else R), each logged ``BFX_LEASE_EXPIRED``."""
-
-        def work(conn: Connection) -> list[ExpiredLease]:
-            now = self.clock()
-            E = self.s.Execution
-            a, w = E.alias("a"), E.alias("w")
-            c = self.s.ExecutionCheckpoint.alias("c")
-            copy_landed = exists().where(
-                c.c.ExecutionID == w.c.ExecutionID,
-                c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-                c.c.NodeKey == keys.COPY_NODE,
-                w.c.LineageID == a.c.LineageID,
-                w.c.PackageID == a.c.PackageID,
-                w.c.ItemFingerprint == a.c.ItemFingerprint,
-            )
-            rows = conn.execute(
-                select(a, _flag(copy_landed).label("copy_landed")).where(
-                    a.c.ExecutionStatus.in_(_ACTIVE),
-                    a.c.LeaseExpiresAt < now,
-                    a.c.TaskId.is_not(None),
-                )
-            ).all()
-            out: list[ExpiredLease] = []
-            for r in rows:
-                abort = machine.expire(
-                    machine.ActiveExecution(
-                        execution_id=r.ExecutionID,
-                        lease_owner=r.LeaseOwner,
-                        lease_expires_at=r.LeaseExpiresAt,
-                        lease_live=False,
-                        has_copy_checkpoint=bool(r.copy_landed),
-                        in_this_lineage=True,
-                        audit_id=r.AuditID,
-                        original_execution_id=r.OriginalExecutionID,
-                        attempt_number=r.AttemptNumber,
-                        operator_fingerprint=r.OperatorFingerprint,
-                    ),
-                    now,
-                )
-                changed = conn.execute(
-                    update(E)
-                    .where(
-                        E.c.ExecutionID == r.ExecutionID,
-                        E.c.ExecutionStatus.in_(_ACTIVE),
-                        E.c.LeaseExpiresAt < now,
-                    )
-                    .values(
-                        ExecutionStatus=ExecutionStatus.ABORTED.value,
-                        NextLoadStatus=abort.next_load_status.value,
-                        EndTime=now,
-                        UpdatedAt=now,
-                    )
-                ).rowcount
-                if changed:
-                    line = _line(
-                        abort.emit,
-                        dag=r.DagId,
-                        task=r.TaskId,
-                        batch_execution_id=r.ParentExecutionID,
-                    )
-                    out.append(ExpiredLease(r.ExecutionID, abort.next_load_status, line))
-            return out
-
-        expired = self._transact(work, "expiry scan")
+        expired = self._transact(lambda conn: self._expire(conn, self.clock()), "expiry scan")
         _log_lines([e.log_line for e in expired])
         return expired
 
