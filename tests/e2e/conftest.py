@@ -256,3 +256,60 @@ def bfx_log(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(
         r.getMessage() for r in caplog.records if r.name.startswith("airflow_provider_bfx")
     )
+
+
+def clear_and_resume(dag_id: str, run_id: str, task_ids: list[str]) -> RunResult:
+    """Clear task instances of a finished DAG run and run that SAME run again, the way the
+    scheduler would after "Clear" in the UI (``dag.test()`` cannot: it always makes a new run).
+
+    The loop is ``dag.test()``'s own, minus creating the run."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    dag = load_dag(dag_id)
+    session = settings.Session()
+    try:
+        tis = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run_id,
+                TaskInstance.task_id.in_(task_ids),
+            )
+        ).all()
+        clear_task_instances(list(tis), session, dag_run_state=DagRunState.RUNNING)
+        session.commit()
+        dag_run = session.scalar(
+            select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+        )
+        assert dag_run is not None
+        dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        while dag_run.state == DagRunState.RUNNING:
+            session.expire_all()
+            schedulable, _ = dag_run.update_state(session=session)
+            for ti in schedulable:
+                ti.try_number += 1
+                ti.state = TaskInstanceState.SCHEDULED
+            session.commit()
+            for ti in dag_run.get_task_instances(session=session):
+                if ti.state == TaskInstanceState.SCHEDULED:
+                    _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+    finally:
+        session.close()
+    from airflow.utils.session import create_session
+
+    with create_session() as fresh:
+        tis = fresh.scalars(
+            select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        ).all()
+        states = {(ti.task_id, ti.map_index): _value(ti.state) for ti in tis}
+        state = _value(
+            fresh.scalar(
+                select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            )
+        )
+    return RunResult(dag_id, run_id, state, states)

@@ -1,6 +1,8 @@
 """Two tasks and a marker file: did the work run? Routed by ``route_dag`` (no tag).
 
 ``work`` appends to ``$BFX_EXAMPLE_COPY_DIR/executions``; ``{"fail_tasks": ["work"]}`` fails it.
+``after`` fails the same way, and also while ``$BFX_E2E_BROKEN`` is ``after`` (an outside cause
+that a test can fix between two passes of the same DAG run).
 Its ``bash``-like ``command`` argument is ``$BFX_E2E_COMMAND`` (read at parse time), so a test
 can change the task's definition between runs.
 """
@@ -35,7 +37,7 @@ def work(command: str, **context: Any) -> str:
 @task
 def after(value: str, **context: Any) -> None:
     conf = context["dag_run"].conf or {}
-    if "after" in (conf.get("fail_tasks") or []):
+    if "after" in (conf.get("fail_tasks") or []) or os.environ.get("BFX_E2E_BROKEN") == "after":
         raise RuntimeError("after: injected failure")
     folder = os.environ.get("BFX_EXAMPLE_COPY_DIR")
     if folder:
