@@ -116,6 +116,8 @@ def _end(context: Any, outcome: TaskOutcome) -> None:
             return
         handle = record.handle
         assert handle.store is not None
+        if handle.lease is not None:
+            handle.lease.stop()
         error = context.get("exception") if outcome is not TaskOutcome.SUCCESS else None
         if outcome is TaskOutcome.SKIPPED_BY_LOGIC:
             error = None

@@ -44,6 +44,7 @@ from airflow_provider_bfx.catalog.store import (
     CatalogUnavailableError,
     TaskSpec,
     TaskStarted,
+    default_lease_owner,
 )
 from airflow_provider_bfx.routing import fingerprint, install
 from airflow_provider_bfx.routing.catalog import get_store
@@ -55,6 +56,7 @@ from airflow_provider_bfx.routing.handle import (
     TryKey,
     remember,
 )
+from airflow_provider_bfx.routing.lease import LeaseKeeper
 from airflow_provider_bfx.routing.settings import (
     BfxSettings,
     BfxSettingsError,
@@ -174,6 +176,10 @@ def gate(context: Any) -> None:
         operator_fingerprint=spec.operator_fingerprint,
         store=store,
     )
+    assert spec.lease_owner is not None
+    handle.lease = LeaseKeeper(
+        store, started.execution_id, spec.lease_owner, spec.lease_seconds
+    ).start()
     context["bfx"] = handle
     remember(key, GateRecord(Outcome.RUN, handle))
 
@@ -247,6 +253,7 @@ def task_spec(
         operator_fingerprint=facts.operator_fingerprint,
         policy=settings.version_mismatch_policy,
         decides_shape=facts.decides_shape,
+        lease_owner=default_lease_owner(),
         lease_seconds=settings.lease_duration,
     )
 

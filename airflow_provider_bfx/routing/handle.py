@@ -19,6 +19,7 @@ from airflow_provider_bfx.catalog.codes import CheckpointType, ExecutionStatus
 
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore
+    from airflow_provider_bfx.routing.lease import LeaseKeeper
 
 #: NodeKey of the checkpoint that records a task's return value for replay.
 RETURN_VALUE_NODE = "return_value"
@@ -71,6 +72,7 @@ class ExecutionHandle:
     item_fingerprint: str = keys.NO_ITEM
     operator_fingerprint: str | None = None
     store: CatalogStore | None = field(default=None, repr=False)
+    lease: LeaseKeeper | None = field(default=None, repr=False)
 
     def _store(self) -> CatalogStore:
         if self.store is None:
