@@ -1,0 +1,183 @@
+"""The routing's pure parts, without running a DAG: settings, fingerprints, the conf switch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from airflow_provider_bfx.catalog.codes import VersionMismatchPolicy
+from airflow_provider_bfx.catalog.machine import ResumeScope
+from airflow_provider_bfx.routing import fingerprint, route_dag
+from airflow_provider_bfx.routing.gate import full_rerun_requested
+from airflow_provider_bfx.routing.settings import (
+    BfxSettingsError,
+    OnCatalogUnavailable,
+    load_settings,
+    settings_for,
+)
+
+
+@pytest.fixture
+def clean_bfx_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AIRFLOW__BFX__")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_settings_default_to_the_documented_values(clean_bfx_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.catalog_conn_id == "bfx_catalog_default"
+    assert settings.route_all_dags is False
+    assert settings.version_mismatch_policy is VersionMismatchPolicy.WARN
+    assert settings.lease_duration == 60.0
+    assert settings.on_catalog_unavailable is OnCatalogUnavailable.FAIL
+    assert settings.resume_scope is ResumeScope.LINEAGE
+    assert settings.retry_limit == 3
+    assert settings.max_resume_age is None
+
+
+def test_settings_read_environment_overrides_case_insensitively(
+    clean_bfx_env: pytest.MonkeyPatch,
+) -> None:
+    clean_bfx_env.setenv("AIRFLOW__BFX__VERSION_MISMATCH_POLICY", "rerun")
+    clean_bfx_env.setenv("AIRFLOW__BFX__ON_CATALOG_UNAVAILABLE", "RUN")
+    clean_bfx_env.setenv("AIRFLOW__BFX__RESUME_SCOPE", "logical_date")
+    clean_bfx_env.setenv("AIRFLOW__BFX__MAX_RESUME_AGE", "86400")
+    clean_bfx_env.setenv("AIRFLOW__BFX__LEASE_DURATION", "120")
+    settings = load_settings()
+    assert settings.version_mismatch_policy is VersionMismatchPolicy.RERUN
+    assert settings.on_catalog_unavailable is OnCatalogUnavailable.RUN
+    assert settings.resume_scope is ResumeScope.LOGICAL_DATE
+    assert settings.max_resume_age == 86400
+    assert settings.lease_duration == 120.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("VERSION_MISMATCH_POLICY", "IGNORE", "version_mismatch_policy = 'IGNORE' is not one of"),
+        ("ON_CATALOG_UNAVAILABLE", "retry", "on_catalog_unavailable = 'retry' is not one of"),
+        ("LEASE_DURATION", "0", "lease_duration = '0' must be positive"),
+        ("RETRY_LIMIT", "three", "retry_limit = 'three' is not an integer"),
+        ("ROUTE_ALL_DAGS", "maybe", "route_all_dags = 'maybe' is not a boolean"),
+    ],
+)
+def test_invalid_setting_is_an_error_naming_option_and_value(
+    clean_bfx_env: pytest.MonkeyPatch, option: str, value: str, says: str
+) -> None:
+    clean_bfx_env.setenv(f"AIRFLOW__BFX__{option}", value)
+    with pytest.raises(BfxSettingsError, match=f"\\[bfx\\] {says}"):
+        load_settings()
+
+
+def test_route_dag_overrides_apply_to_that_dag_only(clean_bfx_env: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import DAG
+
+    with DAG("bfx_parts_routed", schedule=None, start_date=datetime(2024, 1, 1)) as routed:
+        pass
+    with DAG("bfx_parts_plain", schedule=None, start_date=datetime(2024, 1, 1)) as plain:
+        pass
+    route_dag(
+        routed,
+        catalog_conn_id="bfx_catalog_finance",
+        version_mismatch_policy="fail",
+        retry_limit=5,
+        resume_scope="logical_date",
+    )
+    mine = settings_for(routed)
+    assert mine.catalog_conn_id == "bfx_catalog_finance"
+    assert mine.version_mismatch_policy is VersionMismatchPolicy.FAIL
+    assert mine.dag_retry_limit == 5
+    assert mine.resume_scope is ResumeScope.LOGICAL_DATE
+    assert "bfx" in routed.tags
+    other = settings_for(plain)
+    assert other.catalog_conn_id == "bfx_catalog_default"
+    assert other.dag_retry_limit is None
+
+
+def test_route_dag_rejects_an_unknown_policy_at_parse_time() -> None:
+    from airflow.sdk import DAG
+
+    with DAG("bfx_parts_typo", schedule=None, start_date=datetime(2024, 1, 1)) as dag:
+        pass
+    with pytest.raises(BfxSettingsError, match="version_mismatch_policy = 'WRAN'"):
+        route_dag(dag, version_mismatch_policy="WRAN")
+
+
+@pytest.mark.parametrize(
+    ("conf", "full"),
+    [
+        ({"bfx": {"mode": "full"}}, True),
+        ({"bfx": {"mode": "FULL"}}, True),
+        ({"bfx": {"mode": "resume"}}, False),
+        ({"bfx": "full"}, False),
+        ({}, False),
+        (None, False),
+    ],
+)
+def test_full_rerun_is_asked_for_with_bfx_mode_full(conf: object, full: bool) -> None:
+    assert full_rerun_requested(conf) is full
+
+
+def _bash(command: str, task_id: str = "t") -> object:
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    return BashOperator(task_id=task_id, bash_command=command)
+
+
+def test_operator_fingerprint_uses_the_raw_template_not_the_rendered_value() -> None:
+    first = fingerprint.operator_fingerprint(_bash("load --day {{ ds }}"))
+    again = fingerprint.operator_fingerprint(_bash("load --day {{ ds }}"))
+    changed = fingerprint.operator_fingerprint(_bash("load --full --day {{ ds }}"))
+    assert first == again
+    assert first != changed
+    assert len(first) == 64
+
+
+def test_operator_fingerprint_covers_the_callable_source_and_upstream_references() -> None:
+    from airflow.sdk import DAG, task
+
+    with DAG("bfx_parts_fp", schedule=None, start_date=datetime(2024, 1, 1)):
+
+        @task
+        def extract() -> list[int]:
+            return [1, 2]
+
+        @task
+        def load_a(rows: list[int]) -> int:
+            return len(rows)
+
+        @task
+        def load_b(rows: list[int]) -> int:
+            return len(rows) + 0
+
+        data = extract()
+        a = load_a(data).operator
+        b = load_b(data).operator
+
+    defined_a = fingerprint.definition(a)
+    assert defined_a["fields"]["op_args"] == [
+        {"xcom": "PlainXComArg", "refs": [["extract", "return_value"]]}
+    ]
+    assert "return len(rows)\n" in defined_a["callable"]
+    assert fingerprint.operator_fingerprint(a) != fingerprint.operator_fingerprint(b)
+
+
+def test_normalized_values_carry_no_memory_address() -> None:
+    class Opaque:
+        pass
+
+    first, second = fingerprint.normalize(Opaque()), fingerprint.normalize(Opaque())
+    assert first == second
+    assert "0x" not in str(first)
+
+
+def test_item_fingerprint_is_the_input_value_not_its_position() -> None:
+    assert fingerprint.item_fingerprint({"x": 1}) == fingerprint.item_fingerprint({"x": 1})
+    assert fingerprint.item_fingerprint({"x": 1}) != fingerprint.item_fingerprint({"x": 2})
+    assert fingerprint.item_fingerprint({"a": 1, "b": [2]}) == fingerprint.item_fingerprint(
+        {"b": [2], "a": 1}
+    )
