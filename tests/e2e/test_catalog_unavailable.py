@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,15 +23,18 @@ def unreachable_catalog(
     airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Path]:
     """``bfx_catalog_default`` is a PostgreSQL server nobody listens for (connection refused)."""
-    for name in [n for n in __import__("os").environ if n.startswith("AIRFLOW__BFX__")]:
+    for name in [n for n in os.environ if n.startswith("AIRFLOW__BFX__")]:
         monkeypatch.delenv(name)
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     monkeypatch.setenv(
         "AIRFLOW_CONN_BFX_CATALOG_DEFAULT",
         json.dumps(
             {
                 "conn_type": "postgres",
                 "host": "127.0.0.1",
-                "port": 9,  # discard: closed on this machine
+                "port": port,
                 "login": "bfx",
                 "password": "bfx",
                 "schema": "bfx_catalog",

@@ -15,8 +15,8 @@ DAG_ID = "bfx_e2e_handle"
 def test_task_argument_bfx_is_the_handle_and_its_lease_outlives_lease_duration(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AIRFLOW__BFX__LEASE_DURATION", "2")
-    monkeypatch.setenv("BFX_E2E_SLEEP", "4")  # twice the lease: only renewals keep it alive
+    monkeypatch.setenv("AIRFLOW__BFX__LEASE_DURATION", "3")  # renewed every second
+    monkeypatch.setenv("BFX_E2E_SLEEP", "5")  # longer than the lease: only renewals keep it
     run = run_dag(DAG_ID)
     assert run.state == "success"
     seen = xcom_value(DAG_ID, run.run_id, "long_running")
