@@ -10,22 +10,26 @@ starts, lease renewals and expiry scans. After every store call it reads the cat
 checks the contract of DESIGN.md §4:
 
 (a) a package+item that succeeded in a lineage, once its batch failed, never runs again in that
-    lineage: later starts are skipped C with BFX_SKIP_COMPLETED (unless it decides the shape);
+    lineage: later starts are skipped C with BFX_SKIP_COMPLETED (unless it decides the shape,
+    or the lineage closed since and the run was cleared to run it again);
 (b) a package+item whose latest execution in an open lineage failed (F, or aborted after its
     lease expired) runs again at its next start: D when its copy landed in the lineage, else R;
 (c) OriginalExecutionID is the first execution of the package(+item) in its lineage; a batch's
     is the lineage's first batch;
 (d) once a batch ended successfully (explicitly or by reconciliation) every row of its lineage
-    says NextLoadStatus P, until the lineage is reopened;
+    says NextLoadStatus P and none is active, until the lineage is reopened;
 (e) at most one active (E/R/D) execution per package+item;
 (f) a D execution's AuditID is the AuditID of the execution whose copy landed;
 (g) starting the same try twice returns the same execution and changes no row;
-plus the refusal (a live lease refuses and touches nothing), the abort of expired leases, and
-the reconciliation of an abandoned batch (F/R if a child failed, was aborted or lost its
-lease, else S/P).
+plus: the decision of every batch start (resume or fresh); the refusal (a live lease refuses
+and touches nothing); the abort of expired leases; the end of every try; an active row carries
+NextLoadStatus C; and the reconciliation of an abandoned batch (F/R if a child failed, was
+aborted or lost its lease, else S/P; never while a task of its lineage holds a live lease).
 
-"Refused" starts (A/P, BFX_ALREADY_RUNNING) are not executions of the task's work: (b) looks at
-the latest execution that was not refused.
+"Refused" starts (A/P, BFX_ALREADY_RUNNING) are not executions of the task's work: (a) and (b)
+look at the latest execution that was not refused; (c) counts them (they are rows of the lineage).
+
+The end of the file pins, as plain scenarios, the histories on which the properties first failed.
 """
 
 from __future__ import annotations
@@ -142,6 +146,12 @@ class Snap:
     @property
     def batches(self) -> list[Ex]:
         return [r for r in self.rows.values() if r.task_id is None]
+
+    def live_in_lineage(self, lineage: int | None, now: datetime) -> bool:
+        return any(
+            r.lineage == lineage and r.active and r.expires is not None and r.expires > now
+            for r in self.tasks
+        )
 
     def children(self, batch_id: int) -> list[Ex]:
         return [r for r in self.tasks if r.parent == batch_id]
@@ -273,8 +283,9 @@ class CatalogMachine(RuleBasedStateMachine):
         # Model of lineages, in ticks (one tick per store call).
         self.close_tick: dict[int, int] = {}  # lineage -> last tick a batch of it ended S
         self.closed: set[int] = set()  # lineages closed and not reopened since
-        # (lineage, package, item) -> (tick, execution): a success whose batch failed
-        self.sealed: dict[tuple[int, int, str], tuple[int, int]] = {}
+        # execution -> last tick it became "succeeded, and its batch failed" (stamped C)
+        self.sealed: dict[int, int] = {}
+        self.skipped_completed: set[int] = set()  # rows of starts skipped as completed
         self.terminal_tick: dict[int, int] = {}  # execution -> tick it became terminal
 
     def teardown(self) -> None:
@@ -398,7 +409,7 @@ class CatalogMachine(RuleBasedStateMachine):
                 old is not None and old.status == "S" and pre.rows[r.parent].status == "F"
             )
             if sealed_now and not sealed_before:
-                self.sealed[(r.lineage, r.package, r.item)] = (self.tick, r.id)
+                self.sealed[r.id] = self.tick
         self.snap = post
         check_catalog(post, self.closed)
         return post
@@ -678,6 +689,7 @@ class CatalogMachine(RuleBasedStateMachine):
             f" {[(r.id, r.status, r.nls, r.audit) for r in mine if r.lineage == lineage]}"
         )
         if expected == "C":  # (a)
+            self.skipped_completed.add(started.execution_id)
             assert started.run is Run.SKIP
             assert started.next_load_status.value == "C"
             assert "[BFX_SKIP_COMPLETED]" in lines
@@ -705,16 +717,16 @@ class CatalogMachine(RuleBasedStateMachine):
             if r.key == key and r.lineage == lineage and r.id not in self.refused
         ]
         latest = max(mine, key=lambda r: r.id) if mine else None
-        # A success sealed by its batch's failure, not superseded by a later execution (only
-        # skips as completed may follow it; a run after the lineage closed voids the seal).
-        seal = self.sealed.get((lineage, *key))
-        sealed = (
-            seal is not None
-            and seal[0] > closed_at
-            and all(r.status == "C" for r in mine if r.id > seal[1])
-        )
-        if sealed and not spec.decides_shape:
-            return "C"  # (a)
+        if latest is not None and not spec.decides_shape:
+            # (a) The latest execution succeeded and its batch failed since the lineage last
+            # closed (the stamping: C), or it is a skip as completed since then.
+            if latest.status == "S" and self.sealed.get(latest.id, -1) > closed_at:
+                return "C"
+            if (
+                latest.id in self.skipped_completed
+                and self.terminal_tick.get(latest.id, -1) > closed_at
+            ):
+                return "C"
         if latest is not None and (
             latest.active  # its lease expired: this start aborts it
             or (latest.status in ("F", "A") and self.terminal_tick.get(latest.id, -1) > closed_at)
@@ -737,10 +749,7 @@ class CatalogMachine(RuleBasedStateMachine):
         else:
             prev_before = max(earlier, key=lambda b: b.id)
             prev = after.rows[prev_before.id]  # as reconciliation left it
-            live = prev_before.active and any(
-                k.active and k.expires is not None and k.expires > now
-                for k in before.children(prev.id)
-            )
+            live = prev_before.active and before.live_in_lineage(prev_before.lineage, now)
             limit = spec.retry_limit if spec.retry_limit is not None else 3
             assert prev.lineage is not None
             age = (now - before.rows[prev.lineage].start).total_seconds()
@@ -764,13 +773,14 @@ class CatalogMachine(RuleBasedStateMachine):
             )
 
     def check_reconciliation(self, before: Snap, after: Snap, now: datetime) -> None:
-        """A batch left open (no live task) is closed by the next run's start: F/R if any child
-        failed, was aborted or lost its lease (the expiry scan at every batch start), else S/P."""
+        """A batch left open with no live task (in its whole lineage: a try of an earlier
+        attempt may still run) is closed by the next run's start: F/R if any child failed, was
+        aborted or lost its lease (the expiry scan at every batch start), else S/P."""
         for b in before.batches:
             if not b.active or after.rows[b.id].active:
                 continue
             kids = before.children(b.id)
-            assert not any(k.active and k.expires is not None and k.expires > now for k in kids)
+            assert not before.live_in_lineage(b.lineage, now), f"batch {b.id} has a live task"
             failed = [
                 k.id
                 for k in kids
