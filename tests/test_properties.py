@@ -1096,3 +1096,31 @@ def test_fail_policy_refuses_every_retry_not_only_the_first(
     assert third.run is Run.REFUSE, (
         f"the retry ran {third.status.value} ({third.reason}) on state written by fingerprint v1"
     )
+
+
+def test_disabling_a_task_for_one_run_keeps_its_restart_instruction(
+    store: tuple[CatalogStore, FakeClock],
+) -> None:
+    """(b) + (f): "load" landed its copy and failed (F/D). It is disabled for one resumed run
+    (skipped C, BFX_PACKAGE_DISABLED) and enabled again. The disabled skip did no work and
+    landed nothing: the next start in the lineage must still restart compute only, with the
+    landed AuditID, instead of copying again under a new one."""
+    s, _clock = store
+    first = s.start_task(try_spec(run_spec(0), "load"))
+    land_copy(s, first)
+    s.end_task(first.execution_id, TaskOutcome.FINAL_FAILURE, error_message="compute failed")
+    s.end_batch(DAG, "run_0", succeeded=False)
+    s.set_package(f"{DAG}.load", enabled=False)
+    skipped = s.start_task(try_spec(run_spec(1), "load"))
+    assert (skipped.run, skipped.status.value) == (Run.SKIP, "C")
+    assert any("[BFX_PACKAGE_DISABLED]" in line for line in skipped.log_lines)
+    s.end_batch(DAG, "run_1", succeeded=False)
+    s.set_package(f"{DAG}.load", enabled=True)
+
+    again = s.start_task(try_spec(run_spec(2), "load"))
+
+    assert again.lineage_id == first.lineage_id
+    assert (again.status.value, again.audit_id) == ("D", first.audit_id), (
+        f"started {again.status.value} with AuditID {again.audit_id} ({again.reason}); the copy"
+        f" landed under AuditID {first.audit_id} and nothing ran since"
+    )
