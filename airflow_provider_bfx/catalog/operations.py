@@ -133,8 +133,8 @@ def plan(
             for r in rows:
                 key = (r.PackageID, r.ItemFingerprint)
                 map_index[key] = r.MapIndex
-                refused = r.ExecutionStatus == "A" and r.NextLoadStatus == "P"
-                if r.ExecutionStatus in _TERMINAL and not refused:
+                never_ran = r.LeaseOwner is None and r.NextLoadStatus == "P"
+                if r.ExecutionStatus in _TERMINAL and not never_ran:
                     priors[key] = r
         actives: dict[tuple[int, str], list[Any]] = defaultdict(list)
         if ids:

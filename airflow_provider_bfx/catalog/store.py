@@ -408,8 +408,14 @@ class CatalogStore:
         self, conn: Connection, package_id: int, now: datetime
     ) -> machine.PreviousBatch | None:
         E = self.s.Execution
+        # A run skipped because the DAG was disabled decides nothing: the batch before it does.
         row = conn.execute(
-            select(E).where(E.c.PackageID == package_id).order_by(E.c.ExecutionID.desc()).limit(1)
+            select(E)
+            .where(
+                E.c.PackageID == package_id, E.c.ExecutionStatus != ExecutionStatus.SKIPPED.value
+            )
+            .order_by(E.c.ExecutionID.desc())
+            .limit(1)
         ).first()
         if row is None:
             return None
@@ -483,8 +489,9 @@ class CatalogStore:
                 inner.c.PackageID == tp.c.PackageID,
                 inner.c.ItemFingerprint == bindparam("p_item"),
                 inner.c.ExecutionStatus.in_(_TERMINAL),
-                # A refused start (A/P: it never ran) decides nothing for the next one.
-                or_(inner.c.ExecutionStatus != "A", inner.c.NextLoadStatus != "P"),
+                # A start that never ran and carries no instruction (refused A/P, disabled C/P)
+                # decides nothing: the instruction before it stands (docs/decisions/0008).
+                or_(inner.c.LeaseOwner.is_not(None), inner.c.NextLoadStatus != "P"),
             )
             .scalar_subquery()
         )
@@ -936,6 +943,7 @@ class CatalogStore:
                 .where(
                     E.c.LineageID == lineage_id,
                     E.c.NextLoadStatus != NextLoadStatus.PENDING.value,
+                    E.c.ExecutionStatus.in_(_TERMINAL),  # an active row carries C (DESIGN §4)
                 )
                 .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
             )
@@ -1022,7 +1030,7 @@ class CatalogStore:
                 .label("batch_status"),
             ).where(
                 a.c.ExecutionStatus.in_(_ACTIVE),
-                a.c.LeaseExpiresAt < now,
+                a.c.LeaseExpiresAt <= now,
                 a.c.TaskId.is_not(None),
             )
         ).all()
@@ -1049,7 +1057,7 @@ class CatalogStore:
                 .where(
                     E.c.ExecutionID == r.ExecutionID,
                     E.c.ExecutionStatus.in_(_ACTIVE),
-                    E.c.LeaseExpiresAt < now,
+                    E.c.LeaseExpiresAt <= now,
                 )
                 .values(
                     ExecutionStatus=ExecutionStatus.ABORTED.value,
