@@ -121,9 +121,9 @@ def parse_next_load_status(value: object, *, row: str) -> NextLoadStatus:
         ) from None
 
 
-def format_token(token: Token, /, **context: object) -> str:
+def format_token(token: Token | str, /, **context: object) -> str:
     """``[TOKEN] key=value key=value``: the token first so that ``grep '\\[BFX_'`` finds it."""
-    parts = [f"[{token.value}]"]
+    parts = [f"[{token.value if isinstance(token, Token) else token}]"]
     for key, value in context.items():
         if value is None:
             continue

@@ -102,6 +102,10 @@ class BatchSpec:
     resume_scope: ResumeScope = ResumeScope.LINEAGE
     parent_execution_id: int | None = None  # the triggering task's execution (nested batch)
     retry_limit: int | None = None  # overrides Package.RetryLimit when set
+    # Settings a DAG package row gets when it is first registered ([bfx] retry_limit and
+    # max_resume_age); an existing row keeps what is in the catalog (a DBA may have edited it).
+    default_retry_limit: int | None = None
+    default_max_resume_age: int | None = None
 
     @property
     def external_id(self) -> str:
@@ -310,13 +314,25 @@ class CatalogStore:
     # -- packages -----------------------------------------------------------------------------
 
     def _ensure_package(
-        self, conn: Connection, name: str, *, is_batch: bool, parent_id: int | None
+        self,
+        conn: Connection,
+        name: str,
+        *,
+        is_batch: bool,
+        parent_id: int | None,
+        retry_limit: int | None = None,
+        max_resume_age: int | None = None,
     ) -> Any:
         P = self.s.Package
         row = conn.execute(select(P).where(P.c.PackageName == name)).first()
         if row is not None:
             return row
         now = self.clock()
+        settings: dict[str, Any] = {}
+        if retry_limit is not None:
+            settings["RetryLimit"] = retry_limit
+        if max_resume_age is not None:
+            settings["MaxResumeAge"] = max_resume_age
         conn.execute(
             insert(P).values(
                 PackageName=name,
@@ -325,6 +341,7 @@ class CatalogStore:
                 IsEnabled=1,
                 CreatedAt=now,
                 UpdatedAt=now,
+                **settings,
             )
         )
         return conn.execute(select(P).where(P.c.PackageName == name)).one()
@@ -336,7 +353,12 @@ class CatalogStore:
         row lock, so two first tasks of one run, or two runs of one DAG, decide one at a time)."""
         E, P = self.s.Execution, self.s.Package
         pkg = self._ensure_package(
-            conn, keys.batch_package_name(spec.dag_id), is_batch=True, parent_id=None
+            conn,
+            keys.batch_package_name(spec.dag_id),
+            is_batch=True,
+            parent_id=None,
+            retry_limit=spec.default_retry_limit,
+            max_resume_age=spec.default_max_resume_age,
         )
         conn.execute(self._lock(select(P.c.PackageID).where(P.c.PackageID == pkg.PackageID), P))
         if conn.execute(
@@ -1203,6 +1225,13 @@ class CatalogStore:
             conn.execute(update(P).where(P.c.PackageName == name).values(**values))
 
         self._transact(work, "package update")
+
+    def find_execution(self, external_id: str) -> Any | None:
+        """The row of one Airflow object by its ``ExternalExecutionID`` (read-only), or None:
+        callbacks in another process find the try the gate started without deciding again."""
+        E = self.s.Execution
+        query = select(E).where(E.c.ExternalExecutionID == external_id)
+        return self._transact(lambda conn: conn.execute(query).first(), "read")
 
     def executions(self, dag_id: str, run_id: str | None = None) -> Sequence[Any]:
         """Rows of a DAG (optionally one run), oldest first: for ``bfx history`` and the demo."""
