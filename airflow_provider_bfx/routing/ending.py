@@ -45,34 +45,31 @@ def _record_for(context: Any, key: TryKey) -> GateRecord | None:
 
 
 def _lookup(context: Any, key: TryKey) -> GateRecord | None:
-    """The active row of this try in the catalog, read-only (a callback in another process)."""
+    """The active row of this try in the catalog, found by its ``ExternalExecutionID``
+    (read-only, one indexed read): a callback that runs in another process."""
     from airflow_provider_bfx.catalog.codes import ExecutionStatus
     from airflow_provider_bfx.routing.catalog import get_store
     from airflow_provider_bfx.routing.settings import settings_for
 
     dag = context.get("dag") or getattr(context["ti"].task, "dag", None)
     store = get_store(settings_for(dag).catalog_conn_id)
-    for row in store.executions(key.dag_id, key.run_id):
-        if (
-            row.TaskId == key.task_id
-            and int(row.MapIndex) == key.map_index
-            and int(row.TryNumber) == key.try_number
-        ):
-            status = ExecutionStatus(row.ExecutionStatus)
-            if not status.is_active:
-                return None
-            handle = ExecutionHandle(
-                execution_id=int(row.ExecutionID),
-                batch_execution_id=int(row.ParentExecutionID),
-                original_execution_id=int(row.OriginalExecutionID or row.ExecutionID),
-                status=status,
-                audit_id=row.AuditID,
-                attempt_number=int(row.AttemptNumber),
-                scope_key="",
-                store=store,
-            )
-            return GateRecord(Outcome.RUN, handle)
-    return None
+    row = store.find_execution(key.external_id)
+    if row is None:
+        return None
+    status = ExecutionStatus(row.ExecutionStatus)
+    if not status.is_active:
+        return None
+    handle = ExecutionHandle(
+        execution_id=int(row.ExecutionID),
+        batch_execution_id=int(row.ParentExecutionID),
+        original_execution_id=int(row.OriginalExecutionID or row.ExecutionID),
+        status=status,
+        audit_id=row.AuditID,
+        attempt_number=int(row.AttemptNumber),
+        scope_key="",
+        store=store,
+    )
+    return GateRecord(Outcome.RUN, handle)
 
 
 def record_output(context: Any, result: Any) -> None:

@@ -240,6 +240,8 @@ def task_spec(
         full_rerun=full_rerun_requested(getattr(dag_run, "conf", None)),
         resume_scope=settings.resume_scope,
         retry_limit=settings.dag_retry_limit,
+        default_retry_limit=settings.retry_limit,
+        default_max_resume_age=settings.max_resume_age,
     )
     item = keys.NO_ITEM
     if map_index != keys.UNMAPPED:
@@ -303,7 +305,7 @@ def _require_upstreams(ti: Any, store: CatalogStore, key: TryKey) -> None:
     other = [k for k in skipped if _state_key(k, upstream) not in completed]
     if not other:
         return
-    line = _token_line(
+    line = format_token(
         UPSTREAM_SKIPPED,
         dag=key.dag_id,
         task=key.task_id,
@@ -381,20 +383,6 @@ def _line(started: TaskStarted, key: TryKey) -> str:
         if line.startswith(wanted):
             return line
     return f"[bfx] task={key.task_id} execution_id={started.execution_id} {started.reason}"
-
-
-def _token_line(token: str, **context: object) -> str:
-    """``[TOKEN] key=value ...`` for a token that is not one of the catalog's (the same
-    quoting as :func:`format_token`)."""
-    parts = [f"[{token}]"]
-    for name, value in context.items():
-        if value is None:
-            continue
-        text = str(value)
-        if not text or any(ch.isspace() for ch in text) or '"' in text:
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{name}={text}")
-    return " ".join(parts)
 
 
 # -- catalog down -------------------------------------------------------------------------------
