@@ -169,8 +169,12 @@ def story(out: IO[str], home: Path) -> int:
     print(f"run 2 decisions: {dict(sorted(decisions.items()))}; retried: {retried}", file=out)
     print(f"run 2 Airflow states: {dict(sorted(airflow2.items()))}", file=out)
     print(f"tables re-copied in run 2: {len(recopied)} of {len(loaded_in_run1)}", file=out)
-    print(_batch_line("batch of run 1", run1), file=out)
+    print(_batch_line("batch of run 1 as run 1 left it", run1), file=out)
     print(_batch_line("batch of run 2", run2), file=out)
+    print(
+        "(run 2 succeeded, so every NextLoadStatus of the lineage is now P: nothing waits)",
+        file=out,
+    )
 
     failed1 = run1.rows.get(FAIL_AT)
     retry = run2.rows.get(FAIL_AT)
