@@ -196,14 +196,21 @@ class RunResult:
         return self.states[(task_id, map_index)]
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> RunResult:
-    """One DAG run with ``dag.test()``, read back from the metadata database."""
+def run_dag(
+    dag_id: str, conf: dict[str, Any] | None = None, logical_date: datetime | None = None
+) -> RunResult:
+    """One DAG run with ``dag.test()``, read back from the metadata database.
+
+    ``logical_date`` defaults to a new one. Passing one an earlier run of the session used makes
+    ``dag.test()`` DELETE that earlier Airflow run (and its task instances) and create a new run
+    with a new run_id: the catalog keeps the earlier batch's rows and sees a new batch of the same
+    logical date (docs/notes/airflow-3.3-routing-spike.md, section 6)."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     dag = load_dag(dag_id)
-    dag_run = dag.test(logical_date=next_logical_date(), run_conf=conf)
+    dag_run = dag.test(logical_date=logical_date or next_logical_date(), run_conf=conf)
     run_id = dag_run.run_id
     with create_session() as session:
         tis = session.scalars(
