@@ -1,0 +1,1 @@
+"""Operators that use the execution handle themselves (DESIGN.md §6)."""
