@@ -2,7 +2,10 @@
 
 The store (and its engine's connection pool) is cached by the catalog's URL, not by the
 connection id: the same id may point elsewhere after a connection is redefined, and a cache keyed
-by id would then write one run's rows into another database.
+by id would then write one run's rows into another database. Resolving the id to its URL costs a
+connection lookup (secrets backends, the API server): ~15 ms, more than a task start itself. So
+the id -> URL answer is remembered for :data:`CONNECTION_TTL_SECONDS`; a redefined connection
+takes effect within that time (decision 0051).
 
 The embedded SQLite catalog (no ``bfx_catalog_default`` connection defined) is deployed on first
 use, so that a first ``airflow dags test`` needs no setup (decision 0011). A catalog reached
@@ -13,6 +16,7 @@ and a missing schema fails the task with the message that says so.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +24,10 @@ from sqlalchemy.exc import SQLAlchemyError
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore
 
+CONNECTION_TTL_SECONDS = 60.0
+
 _stores: dict[str, CatalogStore] = {}
+_by_conn_id: dict[str, tuple[float, CatalogStore]] = {}
 _lock = threading.Lock()
 
 
@@ -30,11 +37,16 @@ def get_store(catalog_conn_id: str) -> CatalogStore:
     from airflow_provider_bfx.catalog.store import CatalogStore, CatalogUnavailableError
     from airflow_provider_bfx.hooks.catalog import BfxCatalogHook
 
+    with _lock:
+        cached = _by_conn_id.get(catalog_conn_id)
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
     hook = BfxCatalogHook(catalog_conn_id=catalog_conn_id)
     url = hook.sqlalchemy_url.render_as_string(hide_password=False)
     with _lock:
         store = _stores.get(url)
         if store is not None:
+            _by_conn_id[catalog_conn_id] = (time.monotonic() + CONNECTION_TTL_SECONDS, store)
             return store
         engine = hook.get_catalog_engine()
         if hook.is_embedded:
@@ -46,6 +58,7 @@ def get_store(catalog_conn_id: str) -> CatalogStore:
                 ) from exc
         store = CatalogStore(engine)
         _stores[url] = store
+        _by_conn_id[catalog_conn_id] = (time.monotonic() + CONNECTION_TTL_SECONDS, store)
         return store
 
 
@@ -55,3 +68,4 @@ def forget_stores() -> None:
         for store in _stores.values():
             store.engine.dispose()
         _stores.clear()
+        _by_conn_id.clear()
