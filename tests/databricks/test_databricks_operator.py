@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,28 @@ def row_counts(catalog: Any, execution_id: int) -> list[tuple[str, str, int]]:
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
+def xcom(run: Any, task_id: str, key: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+        )
+    return None if value is None else XComModel.deserialize_value(_Row(value))
+
+
+@dataclass
+class _Row:
+    value: Any
+
+
 def task_row(catalog: Any, run: Any, task_id: str) -> Any:
     return catalog.task_rows(DAG_ID, run.run_id)[(task_id, -1)]
 
@@ -72,6 +95,9 @@ def test_success_copies_once_and_computes_under_its_own_audit_id(
     assert value["audit_id"] == orders.ExecutionID
     assert value["copy"] == {"rows": {"dw.orders": 3400}}
     assert value["run_page_url"].endswith(f"/#job/run/{value['run_id']}")
+    assert xcom(run, "load_orders", "run_page_url") == value["run_page_url"]
+    # the extra link, as the task runner stores it when the task finishes
+    assert xcom(run, "load_orders", "_link_BfxDatabricksRunLink") == value["run_page_url"]
 
 
 def orders_copies(catalog: Any) -> list[str]:
@@ -201,3 +227,86 @@ def test_the_example_dag_runs_every_table_against_databricks(
     assert row_counts(catalog, rows[("load_dim_store", -1)].ExecutionID) == [
         ("landing.dim_store", "Insert", 1000)
     ]
+
+
+def test_after_the_worker_is_killed_the_next_try_reattaches_to_the_running_job(
+    catalog: Any,
+    fake_databricks: FakeDatabricks,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A real worker death: the DAG run's process is SIGKILLed while ``load_customer`` polls a
+    RUNNING job. Its row stays active with a lease nobody renews; once the lease has expired, the
+    scheduler's part (the zombie try marked failed) and a cleared rerun of the same DAG run follow.
+    The new try finds the stale row (-> A/D, copy landed), restarts compute only, and polls the
+    recorded run to success: one submission in all, one copy."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    monkeypatch.setenv("AIRFLOW__BFX__LEASE_DURATION", "2")
+    fake_databricks.plan(42, Plan(running_gets=10**9))  # RUNNING until the test says otherwise
+    conftest = e2e()
+    logical_date = conftest.next_logical_date()
+    out = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("dag_test_worker.py")),
+            str(conftest.DAGS_FOLDER),
+            DAG_ID,
+            logical_date.isoformat(),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.answered >= 3 for r in fake_databricks.runs_of(42)):
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the worker never polled the job"
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        out.close()
+    (job,) = fake_databricks.runs_of(42)
+    assert [t for t, _ in copies(catalog)].count("load_customer") == 1
+    with create_session() as session:
+        ti = session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == DAG_ID,
+                TaskInstance.task_id == "load_customer",
+                TaskInstance.logical_date == logical_date,
+            )
+        )
+        assert ti is not None and ti.state == TaskInstanceState.RUNNING
+        run_id = ti.run_id
+        ti.state = TaskInstanceState.FAILED  # what the scheduler does with a zombie try
+    stale = task_row(catalog, conftest.RunResult(DAG_ID, run_id, "", {}), "load_customer")
+    assert stale.ExecutionStatus == "E"  # nobody ended it: the worker died
+    time.sleep(2.5)  # its lease lapses
+    job.plan.running_gets = job.answered + 2  # the job finishes a little later
+
+    caplog.clear()
+    result = conftest.clear_and_resume(DAG_ID, run_id, ["load_customer"])
+    assert result.state_of("load_customer") == "success"
+    tries = sorted(
+        (r for r in catalog.rows(DAG_ID, run_id) if r.TaskId == "load_customer"),
+        key=lambda r: r.ExecutionID,
+    )
+    assert [r.ExecutionStatus for r in tries] == ["A", "S"]
+    assert tries[1].AuditID == tries[0].AuditID == tries[0].ExecutionID
+    assert fake_databricks.runs_of(42) == [job]  # no second submission
+    assert [t for t, _ in copies(catalog)].count("load_customer") == 1
+    log = conftest.bfx_log(caplog)
+    assert "[BFX_LEASE_EXPIRED]" in log
+    assert "[BFX_COMPUTE_ONLY_RESTART] task=load_customer" in log
+    assert f"[BFX_DATABRICKS_REATTACH] run_id={job.run_id}" in log
