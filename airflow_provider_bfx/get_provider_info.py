@@ -36,6 +36,13 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_bfx.hooks.catalog"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "BFX catalog",
+                "python-modules": ["airflow_provider_bfx.operators.databricks"],
+            }
+        ],
+        "extra-links": ["airflow_provider_bfx.operators.databricks.BfxDatabricksRunLink"],
         "connection-types": [],
         "config": {
             "bfx": {
