@@ -276,6 +276,20 @@ class CatalogStore:
             return query.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
         return query  # SQLite: BEGIN IMMEDIATE already holds the write lock
 
+    def _copy_landed(self, row: Any) -> Any:
+        """EXISTS: a copy step of ``row``'s task and item landed in its lineage (a ``copy``
+        NODE_OUTPUT checkpoint written by any execution of it there)."""
+        E, C = self.s.Execution, self.s.ExecutionCheckpoint
+        w, c = E.alias("w"), C.alias("c")
+        return exists().where(
+            c.c.ExecutionID == w.c.ExecutionID,
+            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+            c.c.NodeKey == keys.COPY_NODE,
+            w.c.LineageID == row.c.LineageID,
+            w.c.PackageID == row.c.PackageID,
+            w.c.ItemFingerprint == row.c.ItemFingerprint,
+        )
+
     def _next_id_column(self) -> Any:
         """The next ExecutionID, read inside the facts query so the INSERT can also set
         OriginalExecutionID and AuditID to it (one statement instead of INSERT + UPDATE)."""
@@ -502,7 +516,6 @@ class CatalogStore:
         E, P = self.s.Execution, self.s.Package
         b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
         x, a, p = E.alias("x"), E.alias("a"), E.alias("p")
-        w, c = E.alias("w"), self.s.ExecutionCheckpoint.alias("c")
         inner = E.alias("inner")
         prior_id = (
             select(func.max(inner.c.ExecutionID))
@@ -518,14 +531,7 @@ class CatalogStore:
             .scalar_subquery()
         )
         # Did a copy step of the active execution's lineage land? (Only read for stale rows.)
-        active_copy = exists().where(
-            c.c.ExecutionID == w.c.ExecutionID,
-            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-            c.c.NodeKey == keys.COPY_NODE,
-            w.c.LineageID == a.c.LineageID,
-            w.c.PackageID == a.c.PackageID,
-            w.c.ItemFingerprint == a.c.ItemFingerprint,
-        )
+        active_copy = self._copy_landed(a)
         # The latest copy checkpoint of this task and item in this lineage, and its writer.
         lc, lw, cw = self.s.ExecutionCheckpoint.alias("lc"), E.alias("lw"), E.alias("cw")
         cc = self.s.ExecutionCheckpoint.alias("cc")
@@ -828,16 +834,8 @@ class CatalogStore:
     def _task_end_facts(self) -> Select[Any]:
         """The task-end facts query (built once per store; parameter ``p_execution_id``)."""
         E = self.s.Execution
-        t, b, w = E.alias("t"), E.alias("b"), E.alias("w")
-        c = self.s.ExecutionCheckpoint.alias("c")
-        copy_landed = exists().where(
-            c.c.ExecutionID == w.c.ExecutionID,
-            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-            c.c.NodeKey == keys.COPY_NODE,
-            w.c.LineageID == t.c.LineageID,
-            w.c.PackageID == t.c.PackageID,
-            w.c.ItemFingerprint == t.c.ItemFingerprint,
-        )
+        t, b = E.alias("t"), E.alias("b")
+        copy_landed = self._copy_landed(t)
         return self._lock(
             select(
                 t.c.ExecutionStatus.label("t_status"),
@@ -1032,16 +1030,8 @@ class CatalogStore:
         A row whose batch already ended successfully gets NextLoadStatus P: its lineage is
         closed, nothing waits for it."""
         E = self.s.Execution
-        a, w, parent = E.alias("a"), E.alias("w"), E.alias("parent")
-        c = self.s.ExecutionCheckpoint.alias("c")
-        copy_landed = exists().where(
-            c.c.ExecutionID == w.c.ExecutionID,
-            c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-            c.c.NodeKey == keys.COPY_NODE,
-            w.c.LineageID == a.c.LineageID,
-            w.c.PackageID == a.c.PackageID,
-            w.c.ItemFingerprint == a.c.ItemFingerprint,
-        )
+        a, parent = E.alias("a"), E.alias("parent")
+        copy_landed = self._copy_landed(a)
         rows = conn.execute(
             select(
                 a,
