@@ -9,6 +9,7 @@ and :func:`parse_next_load_status` instead of being guessed at.
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
 
 
 class ExecutionStatus(str, Enum):
@@ -93,32 +94,32 @@ class CheckpointType(str, Enum):
         return self.value
 
 
+E = TypeVar("E", bound=Enum)
+
+
 class CorruptRowError(ValueError):
     """A catalog row holds a value the contract does not know (e.g. a hand-edited code)."""
 
 
-def parse_status(value: object, *, row: str) -> ExecutionStatus:
-    """Read an ``ExecutionStatus`` from the database, naming the row if the letter is unknown."""
+def _parse(kind: type[E], column: str, value: object, row: str) -> E:
     try:
-        return ExecutionStatus(value)
+        return kind(value)
     except ValueError:
-        known = ", ".join(s.value for s in ExecutionStatus)
+        known = ", ".join(member.value for member in kind)
         raise CorruptRowError(
-            f"{row} has ExecutionStatus={value!r}, which is not a catalog code (known: {known}). "
+            f"{row} has {column}={value!r}, which is not a catalog code (known: {known}). "
             "Correct the row by hand, or run `bfx reset DAG_ID` to start the lineage fresh."
         ) from None
+
+
+def parse_status(value: object, *, row: str) -> ExecutionStatus:
+    """Read an ``ExecutionStatus`` from the database, naming the row if the letter is unknown."""
+    return _parse(ExecutionStatus, "ExecutionStatus", value, row)
 
 
 def parse_next_load_status(value: object, *, row: str) -> NextLoadStatus:
     """Read a ``NextLoadStatus`` from the database, naming the row if the letter is unknown."""
-    try:
-        return NextLoadStatus(value)
-    except ValueError:
-        known = ", ".join(s.value for s in NextLoadStatus)
-        raise CorruptRowError(
-            f"{row} has NextLoadStatus={value!r}, which is not a catalog code (known: {known}). "
-            "Correct the row by hand, or run `bfx reset DAG_ID` to start the lineage fresh."
-        ) from None
+    return _parse(NextLoadStatus, "NextLoadStatus", value, row)
 
 
 def format_token(token: Token | str, /, **context: object) -> str:
