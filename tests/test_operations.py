@@ -128,3 +128,27 @@ def test_cli_plan_history_reset_recover(sqlite_url: str, capsys) -> None:  # typ
     assert "1 execution(s) with an expired lease closed" in proc.stdout
     (row,) = [r for r in store.executions("other") if r.TaskId == "t"]
     assert (row.ExecutionStatus, row.NextLoadStatus) == ("A", "R")
+
+
+def test_plan_names_the_landed_copys_audit_id_not_the_last_failures(sqlite_url: str) -> None:
+    """A cleared successful run whose new try fails before copying: the data on disk is the
+    first try's, so the compute-only restart (and the plan) reuse the first try's audit ID."""
+    store = deployed_store(sqlite_url)
+    batch = BatchSpec("wh", "run_1")
+    first = store.start_task(TaskSpec(batch, "load"))
+    store.write_checkpoint(
+        execution_id=first.execution_id, scope_key=first.scope_key, node=keys.COPY_NODE, payload={}
+    )
+    store.end_task(first.execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("wh", "run_1", succeeded=True)
+    cleared = store.start_task(TaskSpec(batch, "load", try_number=2))  # the user clears it
+    assert cleared.audit_id == cleared.execution_id != first.audit_id
+    store.end_task(cleared.execution_id, TaskOutcome.FINAL_FAILURE, error_message="no copy")
+    store.end_batch("wh", "run_1", succeeded=False)
+
+    (planned,) = operations.plan(store, "wh").tasks
+    assert planned.action == "compute-only restart"
+    assert planned.prior_execution_id == cleared.execution_id
+    assert planned.audit_id == first.audit_id
+    restart = store.start_task(TaskSpec(BatchSpec("wh", "run_2"), "load"))
+    assert (restart.status, restart.audit_id) == (ExecutionStatus.COMPUTE_ONLY, first.audit_id)

@@ -21,6 +21,7 @@ from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    CheckpointType,
     ExecutionStatus,
     NextLoadStatus,
     VersionMismatchPolicy,
@@ -136,6 +137,29 @@ def plan(
                 never_ran = r.LeaseOwner is None and r.NextLoadStatus == "P"
                 if r.ExecutionStatus in _TERMINAL and not never_ran:
                     priors[key] = r
+        # The latest copy checkpoint of each task and item in the lineage, and its writer: a
+        # compute-only restart reuses that writer's audit ID (as the task start does).
+        landed: dict[tuple[int, str], machine.LandedCopy] = {}
+        if lineage is not None and ids:
+            C = store.s.ExecutionCheckpoint
+            for r in conn.execute(
+                select(
+                    E.c.PackageID,
+                    E.c.ItemFingerprint,
+                    E.c.ExecutionID,
+                    E.c.AuditID,
+                    func.coalesce(C.c.OperatorFingerprint, E.c.OperatorFingerprint),
+                )
+                .select_from(C.join(E, E.c.ExecutionID == C.c.ExecutionID))
+                .where(
+                    E.c.LineageID == lineage,
+                    E.c.PackageID.in_(ids),
+                    C.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+                    C.c.NodeKey == keys.COPY_NODE,
+                )
+                .order_by(C.c.CheckpointID)
+            ):
+                landed[(r[0], r[1])] = machine.LandedCopy(r[2], r[3], r[4])
         actives: dict[tuple[int, str], list[Any]] = defaultdict(list)
         if ids:
             for r in conn.execute(
@@ -158,6 +182,8 @@ def plan(
                         key,
                         priors.get(key),
                         actives.get(key, []),
+                        landed.get(key),
+                        lineage,
                         decision,
                         now,
                     )
@@ -175,6 +201,8 @@ def _plan_task(
     key: tuple[int, str],
     prior_row: Any,
     active_rows: list[Any],
+    landed: machine.LandedCopy | None,
+    lineage: int | None,
     decision: machine.BatchStartDecision,
     now: datetime,
 ) -> PlannedTask:
@@ -198,9 +226,8 @@ def _plan_task(
             lease_owner=r.LeaseOwner,
             lease_expires_at=r.LeaseExpiresAt,
             lease_live=r.LeaseExpiresAt is not None and r.LeaseExpiresAt > now,
-            has_copy_checkpoint=False,
-            in_this_lineage=decision.resumes
-            and r.LineageID == (prior_row.LineageID if prior_row else None),
+            has_copy_checkpoint=landed is not None and r.LineageID == lineage,
+            in_this_lineage=lineage is not None and r.LineageID == lineage,
             audit_id=r.AuditID,
             original_execution_id=r.OriginalExecutionID,
             attempt_number=r.AttemptNumber,
@@ -217,6 +244,7 @@ def _plan_task(
             operator_fingerprint=None,
             policy=VersionMismatchPolicy.WARN,
             decides_shape=False,
+            landed=landed,
         ),
         now,
     )
