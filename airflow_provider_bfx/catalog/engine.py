@@ -13,6 +13,8 @@ SQLite needs three things to serve many Airflow task processes at once:
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -44,7 +46,7 @@ def _sqlite_engine(url: URL, **engine_kwargs: Any) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             if url.database and url.database != ":memory:":
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(cursor)
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -56,3 +58,33 @@ def _sqlite_engine(url: URL, **engine_kwargs: Any) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode, retrying while other connections do the same.
+
+    The mode is stored in the file, so this is a read for every connection but the first. The
+    switch itself needs a moment of exclusive access, and SQLite answers ``database is locked``
+    at once, without consulting the busy handler, when another connection is switching or
+    recovering at that instant: many task processes opening a fresh catalog together hit exactly
+    that. So the switch is retried within the busy timeout, like every other lock wait here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() == "wal":
+                return
+            (mode,) = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+            if str(mode).lower() == "wal":
+                return
+            # SQLite may answer with the old mode instead of an error: another connection won.
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"could not switch the catalog to WAL: {mode}")
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
