@@ -51,6 +51,7 @@ from airflow_provider_bfx.catalog.codes import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     CheckpointType,
+    CorruptRowError,
     ExecutionStatus,
     NextLoadStatus,
     VersionMismatchPolicy,
@@ -1171,6 +1172,34 @@ class CatalogStore:
             ]
 
         return self._transact(work, "checkpoint read")
+
+    def read_foreach_progress(self, scope_key: str, node: str) -> dict[int, tuple[str, str | None]]:
+        """``{iteration index: (item fingerprint, operator fingerprint)}`` of one foreach loop.
+
+        Only the two fingerprint columns, never the payloads: a resume decision over 10,000
+        items reads 10,000 short rows through the unique index on the scope."""
+        C = self.s.ExecutionCheckpoint
+        query = select(C.c.IterationKey, C.c.ItemFingerprint, C.c.OperatorFingerprint).where(
+            C.c.ScopeKey == scope_key,
+            C.c.CheckpointType == CheckpointType.FOREACH_PROGRESS.value,
+            C.c.NodeKey == node,
+        )
+
+        def work(conn: Connection) -> dict[int, tuple[str, str | None]]:
+            found: dict[int, tuple[str, str | None]] = {}
+            for iteration, item_fp, operator_fp in conn.execute(query):
+                try:
+                    index = int(iteration)
+                except ValueError:
+                    raise CorruptRowError(
+                        f"ExecutionCheckpoint (ScopeKey={scope_key!r}, NodeKey={node!r}) has "
+                        f"IterationKey={iteration!r}, which is not an iteration index. Delete "
+                        "the row, or run `bfx reset DAG_ID --task TASK_ID` to start fresh."
+                    ) from None
+                found[index] = (item_fp or "", operator_fp)
+            return found
+
+        return self._transact(work, "foreach progress read")
 
     def log_row_counts(self, execution_id: int, counts: Iterable[tuple[str, str, int]]) -> None:
         """Append row counts (never overwritten: a second count is a second row)."""

@@ -174,6 +174,7 @@ def gate(context: Any) -> None:
         scope_key=started.scope_key,
         item_fingerprint=spec.item_fingerprint,
         operator_fingerprint=spec.operator_fingerprint,
+        version_mismatch_policy=spec.policy,
         store=store,
     )
     assert spec.lease_owner is not None

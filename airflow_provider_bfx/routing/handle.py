@@ -9,13 +9,24 @@ terminal), refused, served from a replay, or let run unrouted.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_bfx.catalog import foreach as loops
 from airflow_provider_bfx.catalog import keys
-from airflow_provider_bfx.catalog.codes import CheckpointType, ExecutionStatus
+from airflow_provider_bfx.catalog.codes import (
+    CheckpointType,
+    ExecutionStatus,
+    Token,
+    VersionMismatchPolicy,
+    format_token,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore
@@ -23,6 +34,10 @@ if TYPE_CHECKING:
 
 #: NodeKey of the checkpoint that records a task's return value for replay.
 RETURN_VALUE_NODE = "return_value"
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,8 +86,10 @@ class ExecutionHandle:
     scope_key: str
     item_fingerprint: str = keys.NO_ITEM
     operator_fingerprint: str | None = None
+    version_mismatch_policy: VersionMismatchPolicy = VersionMismatchPolicy.WARN
     store: CatalogStore | None = field(default=None, repr=False)
     lease: LeaseKeeper | None = field(default=None, repr=False)
+    _loops: int = field(default=0, repr=False)  # foreach loops started, for default names
 
     def _store(self) -> CatalogStore:
         if self.store is None:
@@ -101,9 +118,127 @@ class ExecutionHandle:
         )
 
     def get_checkpoint(self, node: str, default: Any = None) -> Any:
-        """The output recorded for ``node`` in this lineage, or ``default``."""
+        """The output recorded for ``node`` in this lineage, or ``default``.
+
+        A checkpoint written by a different definition of this task (another operator
+        fingerprint) is judged by the version-mismatch policy: ``WARN`` returns it and logs
+        ``BFX_FINGERPRINT_MISMATCH``, ``RERUN`` logs and returns ``default`` (the node runs
+        again), ``FAIL`` fails the task saying what changed."""
         found = self._store().read_checkpoints(self.scope_key, CheckpointType.NODE_OUTPUT, node)
-        return found[-1].payload if found else default
+        if not found:
+            return default
+        latest = found[-1]
+        if self._reusable(node, latest.operator_fingerprint, latest.execution_id, 1):
+            return latest.payload
+        return default
+
+    def foreach(
+        self,
+        items: Iterable[T],
+        key: Callable[[T], Any] | None = None,
+        *,
+        node: str | None = None,
+    ) -> Iterator[T]:
+        """Iterate ``items``, checkpointing each finished item; a resumed attempt skips the done.
+
+        ``key(item)`` (default: the item itself) identifies an item across runs and must be
+        unique and JSON. An item counts as finished when the loop asks for the next one, so an
+        item whose body raised, or was left by ``break``, runs again next time. On resume the
+        longest contiguous prefix of items whose keys match the recorded progress is skipped
+        (``BFX_FOREACH_RESUME skipped=N resumed_at=K``) and the loop restarts at the first
+        missing or changed item. ``node`` names the loop (default ``foreach``, then
+        ``foreach.2``... for further loops of the same task).
+
+        Keys are checked and the progress is read when this is called, before any item runs."""
+        listed = list(items)
+        fingerprints = loops.item_fingerprints(listed, key)
+        self._loops += 1
+        name = node or loops.node_name(self._loops)
+        store = self._store()
+        recorded = store.read_foreach_progress(self.scope_key, name)
+        done: dict[int, str | None] = {}
+        foreign = {
+            index: writer
+            for index, (_, writer) in recorded.items()
+            if writer is not None
+            and self.operator_fingerprint is not None
+            and writer != self.operator_fingerprint
+        }
+        keep_foreign = not foreign or self._reusable(
+            name, next(iter(foreign.values())), None, len(foreign)
+        )
+        for index, (item_fp, _) in recorded.items():
+            if index not in foreign or keep_foreign:
+                done[index] = item_fp
+        point = loops.resume_point(fingerprints, done)
+        if recorded:
+            log.info(
+                format_token(
+                    Token.FOREACH_RESUME,
+                    skipped=point.skipped,
+                    resumed_at=point.resumed_at,
+                    total=point.total,
+                    reason=point.reason,
+                    node=name,
+                    execution_id=self.execution_id,
+                )
+            )
+        return self._loop(listed, fingerprints, key, name, point.resumed_at)
+
+    def _loop(
+        self,
+        items: list[T],
+        fingerprints: list[str],
+        key: Callable[[T], Any] | None,
+        node: str,
+        start: int,
+    ) -> Iterator[T]:
+        store = self._store()
+        for index in range(start, len(items)):
+            item = items[index]
+            yield item
+            # Reached only when the caller asked for the next item: this one is finished.
+            store.write_checkpoint(
+                execution_id=self.execution_id,
+                scope_key=self.scope_key,
+                node=node,
+                payload={"index": index, "key": key(item) if key is not None else item},
+                checkpoint_type=CheckpointType.FOREACH_PROGRESS,
+                iteration_key=str(index),
+                item_fingerprint=fingerprints[index],
+                operator_fingerprint=self.operator_fingerprint,
+            )
+
+    def _reusable(self, node: str, recorded: str | None, writer: int | None, rows: int) -> bool:
+        """Apply the version-mismatch policy to state written under operator fingerprint
+        ``recorded``: True to reuse it, False to discard it; FAIL raises."""
+        current = self.operator_fingerprint
+        if recorded is None or current is None or recorded == current:
+            return True
+        policy = self.version_mismatch_policy
+        line = format_token(
+            Token.FINGERPRINT_MISMATCH,
+            policy=policy.value,
+            node=node,
+            recorded=recorded[:12],
+            current=current[:12],
+            writer_execution_id=writer,
+            checkpoints=rows,
+            execution_id=self.execution_id,
+        )
+        if policy is VersionMismatchPolicy.FAIL:
+            raise AirflowFailException(
+                f"{line}: checkpoint {node!r} was written by another definition of this task"
+                f" (operator fingerprint {recorded[:12]} -> {current[:12]}) and"
+                " version_mismatch_policy=FAIL. Revert the change, set the policy to WARN or"
+                " RERUN, or run `bfx reset DAG_ID --task TASK_ID` to start this task fresh."
+            )
+        log.warning(
+            "%s: %s",
+            line,
+            "reusing it" if policy is VersionMismatchPolicy.WARN else "discarding it (rerun)",
+        )
+        return policy is VersionMismatchPolicy.WARN
 
     def log_row_count(self, object_name: str, count_type: str, rows: int) -> None:
         """Append a row count (``bfx.ExecutionRowCount``) for this execution."""
