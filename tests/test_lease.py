@@ -1,0 +1,121 @@
+"""The lease keeper: a daemon thread that renews a running execution's lease (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_bfx.catalog.engine import create_catalog_engine
+from airflow_provider_bfx.catalog.migrate import upgrade
+from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.routing.lease import LeaseKeeper
+
+REPO = Path(__file__).resolve().parents[1]
+OWNER = "worker-1:4242"
+
+
+@pytest.fixture
+def store(catalog_url: str) -> Any:
+    engine = create_catalog_engine(catalog_url)
+    upgrade(engine)
+    yield CatalogStore(engine)
+    engine.dispose()
+
+
+def start(store: CatalogStore, seconds: float) -> int:
+    spec = TaskSpec(
+        BatchSpec("lease_dag", "run-1"), "long", lease_owner=OWNER, lease_seconds=seconds
+    )
+    return store.start_task(spec).execution_id
+
+
+def row(store: CatalogStore, execution_id: int) -> Any:
+    (found,) = [r for r in store.executions("lease_dag", "run-1") if r.ExecutionID == execution_id]
+    return found
+
+
+def wait_until(predicate: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_renewed_lease_outlives_its_duration(store: CatalogStore) -> None:
+    execution_id = start(store, 1.0)
+    first = row(store, execution_id).LeaseExpiresAt
+    keeper = LeaseKeeper(store, execution_id, OWNER, 1.0).start()
+    try:
+        time.sleep(2.5)  # 2.5 lease durations; renewed every second
+        assert store.expire_leases() == []
+        now = row(store, execution_id)
+        assert now.ExecutionStatus == "E"
+        assert now.LeaseExpiresAt > first + timedelta(seconds=1)
+    finally:
+        keeper.stop()
+    assert wait_until(lambda: not keeper._thread.is_alive(), 3.0)
+
+
+def test_without_renewal_the_lease_lapses_and_the_scan_aborts_it(store: CatalogStore) -> None:
+    execution_id = start(store, 1.0)
+    time.sleep(1.3)
+    (expired,) = store.expire_leases()
+    assert expired.execution_id == execution_id
+    assert (row(store, execution_id).ExecutionStatus, row(store, execution_id).NextLoadStatus) == (
+        "A",
+        "R",
+    )
+
+
+def test_a_keeper_whose_row_was_aborted_says_so_and_stops(
+    store: CatalogStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    execution_id = start(store, 1.0)
+    caplog.set_level(logging.WARNING, logger="airflow_provider_bfx")
+    # Someone else's expiry scan, with a clock past the lease: the row is aborted under us.
+    later = CatalogStore(store.engine, clock=lambda: store.clock() + timedelta(minutes=5))
+    assert [e.execution_id for e in later.expire_leases()] == [execution_id]
+    keeper = LeaseKeeper(store, execution_id, OWNER, 1.0).start()
+    try:
+        assert wait_until(lambda: not keeper._thread.is_alive(), 5.0), "keeper still renewing"
+    finally:
+        keeper.stop()
+    (line,) = [r.getMessage() for r in caplog.records if "no longer active" in r.getMessage()]
+    assert f"execution {execution_id} is no longer active under owner {OWNER}" in line
+    assert row(store, execution_id).ExecutionStatus == "A"  # not revived by a renewal
+
+
+def test_the_keeper_never_keeps_a_finished_process_alive(sqlite_url: str, tmp_path: Path) -> None:
+    engine = create_catalog_engine(sqlite_url)
+    upgrade(engine)
+    engine.dispose()
+    script = (
+        "import sys\n"
+        "from airflow_provider_bfx.catalog.engine import create_catalog_engine\n"
+        "from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec\n"
+        "from airflow_provider_bfx.routing.lease import LeaseKeeper\n"
+        "store = CatalogStore(create_catalog_engine(sys.argv[1]))\n"
+        "spec = TaskSpec(BatchSpec('d', 'r'), 't', lease_owner='p:1', lease_seconds=60)\n"
+        "LeaseKeeper(store, store.start_task(spec).execution_id, 'p:1', 60).start()\n"
+        "print('started', flush=True)\n"  # main ends here without stopping the keeper
+    )
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script, sqlite_url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "started" in done.stdout
+    assert time.monotonic() - t0 < 20  # far less than the 20 s renewal interval
