@@ -241,9 +241,12 @@ def test_checks_and_foreign_keys_name_what_exists_before_them(script: Script) ->
 def test_batches_schema_first_and_one_transaction_around_tables_and_version(
     script: Script,
 ) -> None:
-    assert script.batches[0] == f"CREATE SCHEMA {SCHEMA_NAME};"  # alone in its batch
     body = [b for b in script.batches if b]
-    assert body[1] == "BEGIN TRANSACTION;" or body[1].startswith("BEGIN TRANSACTION;\n")
+    assert body[0] == "SET XACT_ABORT ON;"  # a runtime error rolls the transaction back
+    assert body[1] == (
+        f"BEGIN TRANSACTION;\n\nIF SCHEMA_ID(N'{SCHEMA_NAME}') IS NULL"
+        f" EXEC(N'CREATE SCHEMA {SCHEMA_NAME}');"
+    )
     text = script.text
     begin = text.index("BEGIN TRANSACTION;")
     version_row = text.index(f"INSERT INTO {SCHEMA_NAME}.{VERSION_TABLE} (version_num)")
@@ -251,9 +254,35 @@ def test_batches_schema_first_and_one_transaction_around_tables_and_version(
     creates = [m.start() for m in re.finditer(r"^CREATE (TABLE|(UNIQUE )?INDEX) ", text, re.M)]
     assert creates and begin < min(creates) and max(creates) < version_row < commit
     assert f"VALUES ('{head_revision()}')" in text[version_row:commit]
-    assert body[-1] == "COMMIT;"
     for batch in body:
         assert not re.search(r"^GO\b", batch, re.M), "GO must stand alone on its line"
+
+
+GUARD = "IF @@ERROR <> 0 SET NOEXEC ON;"
+
+
+def test_every_batch_is_followed_by_the_guard_that_stops_the_rest(script: Script) -> None:
+    # sqlcmd and SSMS go on with the next batch after an error; the guard turns execution off
+    # for every later batch, so a failed CREATE is never followed by a COMMIT of half a schema.
+    body = [b for b in script.batches if b]
+    work = body[1:-1]  # between SET XACT_ABORT ON and the footer
+    assert len(work) % 2 == 0 and len(work) >= 2 * (len(script.tables) + 1)
+    statements, guards = work[0::2], work[1::2]
+    assert set(guards) == {GUARD}
+    assert GUARD not in statements
+    assert statements[-1] == "COMMIT;"
+
+
+def test_the_footer_rolls_back_and_fails_loudly_when_a_batch_failed(script: Script) -> None:
+    footer = [b for b in script.batches if b][-1]
+    lines = [line.split("--")[0].strip() for line in footer.splitlines()]
+    # The success flag is set only while execution is on; NOEXEC OFF comes after it.
+    assert lines.index("SET @deployed = 1;") < lines.index("SET NOEXEC OFF;")
+    assert "IF @deployed IS NULL" in lines
+    assert "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;" in lines
+    (raise_line,) = [line for line in lines if line.startswith("RAISERROR(")]
+    assert raise_line.endswith(", 16, 1);")  # severity 16: sqlcmd -b exits non-zero
+    assert "nothing was deployed" in raise_line
 
 
 def test_script_from_the_head_revision_changes_nothing() -> None:

@@ -17,6 +17,7 @@ No Airflow import here: the CLI's ``ddl`` verb and the tests run without Airflow
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -196,12 +197,54 @@ def offline_sql(dialect: str, *, from_revision: str | None = None) -> str:
         "-- Run the script as a whole"
         + (" with sqlcmd or SSMS (GO separates its batches)." if dialect == "mssql" else "."),
     ]
+    body = buffer.getvalue()
     if from_revision == head:
         header.append(f"-- Nothing to do: revision {head} is the newest this package knows.")
-    return "\n".join(header) + "\n\n" + buffer.getvalue()
+    elif dialect == "mssql":
+        header.append(
+            "-- All or nothing: the first error stops every later batch (SET NOEXEC ON), rolls"
+        )
+        header.append("-- the transaction back and ends with an error (RAISERROR, severity 16).")
+        body = _all_or_nothing_tsql(body)
+    return "\n".join(header) + "\n\n" + body
 
 
 # -- internals ---------------------------------------------------------------------------------
+
+_TSQL_GUARD = "IF @@ERROR <> 0 SET NOEXEC ON;"
+_TSQL_FAILED = (
+    f"{PRODUCT}: the catalog script failed and was rolled back; nothing was deployed."
+    " The first error above says why."
+)
+_TSQL_FOOTER = f"""DECLARE @deployed BIT;
+SET @deployed = 1; -- not executed once a batch failed (NOEXEC)
+SET NOEXEC OFF;
+IF @deployed IS NULL
+BEGIN
+    IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;
+    RAISERROR(N'{_TSQL_FAILED}', 16, 1);
+END
+ELSE
+    PRINT N'{PRODUCT}: the catalog script completed.';"""
+
+
+def _all_or_nothing_tsql(script: str) -> str:
+    """Make a GO-separated T-SQL script all or nothing, the way deployment tools do.
+
+    ``GO`` batches do not stop at an error: sqlcmd (without ``-b``) and SSMS go on with the next
+    batch, so a failed CREATE TABLE would be followed by the rest and a COMMIT of half a schema.
+    Hence ``SET XACT_ABORT ON`` (a runtime error rolls the transaction back), a check after every
+    batch that turns execution off for the rest (``SET NOEXEC ON``), and a footer that turns it
+    back on and reports the outcome, failing loudly when anything was skipped.
+    """
+    batches = [b.strip() for b in re.split(r"^GO$", script, flags=re.M)]
+    out = ["SET XACT_ABORT ON;\nGO"]
+    for batch in batches:
+        if not batch:
+            continue
+        out.append(f"{batch}\nGO\n{_TSQL_GUARD}\nGO")
+    out.append(f"{_TSQL_FOOTER}\nGO")
+    return "\n\n".join(out) + "\n"
 
 
 @cache

@@ -46,15 +46,21 @@ def run_migrations_offline() -> None:
     url = make_url(context.config.attributes.get("url") or offline_url("sqlite"))
     dialect = url.get_backend_name()
     context.configure(url=url, literal_binds=True, **_configure_options(dialect))
-    if (
+    creates_schema = (
         catalog_schema_name(dialect) is not None
         and context.get_starting_revision_argument() is None
-    ):
-        # A script from an empty database: create the schema, before Alembic's own
-        # transaction so that on SQL Server the statement opens its own batch (GO before and
-        # after), as T-SQL requires of CREATE SCHEMA.
-        context.execute(CreateSchema(SCHEMA_NAME, if_not_exists=dialect == "postgresql"))
+    )
+    if creates_schema and dialect != "mssql":
+        # A script from an empty database: create the schema first (unless a DBA did).
+        context.execute(CreateSchema(SCHEMA_NAME, if_not_exists=True))
     with context.begin_transaction():
+        if creates_schema and dialect == "mssql":
+            # T-SQL wants CREATE SCHEMA alone in its batch; through EXEC it is, and so it can
+            # sit inside the script's one transaction, and be skipped when a DBA created the
+            # schema beforehand (with the owner and grants they chose).
+            context.execute(
+                f"IF SCHEMA_ID(N'{SCHEMA_NAME}') IS NULL EXEC(N'CREATE SCHEMA {SCHEMA_NAME}')"
+            )
         context.run_migrations()
 
 
