@@ -711,10 +711,16 @@ class CatalogMachine(RuleBasedStateMachine):
     ) -> str:
         """What DESIGN.md §4 says this start (with no live lease in the way) must be."""
         closed_at = self.close_tick.get(lineage, -1)
+        # Rows the gate wrote without running the task decide nothing once they carry P
+        # (docs/decisions/0008): a refused or disabled start, and a skip-as-completed row whose
+        # C was reset when the lineage closed (the rows that ran speak for the reopened run).
         mine = [
             r
             for r in before.tasks
-            if r.key == key and r.lineage == lineage and r.id not in self.refused
+            if r.key == key
+            and r.lineage == lineage
+            and r.id not in self.refused
+            and not (r.owner is None and r.nls == "P")
         ]
         latest = max(mine, key=lambda r: r.id) if mine else None
         if latest is not None and not spec.decides_shape:
