@@ -29,6 +29,7 @@ from airflow_provider_bfx.catalog.machine import (
     Emit,
     LandedCopy,
     Lineage,
+    ParentExecution,
     PreviousBatch,
     PriorExecution,
     ResumeScope,
@@ -114,8 +115,14 @@ def fresh(reason: str, *emits: tuple[Token, dict[str, object]]) -> tuple[Any, ..
     return (St.EXECUTING, Nls.SKIP, Lineage.FRESH, reason, list(emits))
 
 
-def resumed(original: int = 7, previous_id: int = 10, attempt: int = 2) -> tuple[Any, ...]:
-    ctx = dict(original_execution_id=original, previous_execution_id=previous_id, attempt=attempt)
+def resumed(
+    original: int = 7, previous_id: int = 10, attempt: int = 2, parent: int | None = None
+) -> tuple[Any, ...]:
+    ctx: dict[str, object] = dict(
+        original_execution_id=original, previous_execution_id=previous_id, attempt=attempt
+    )
+    if parent is not None:
+        ctx["parent_execution_id"] = parent
     return (
         St.RETRYING,
         Nls.SKIP,
@@ -154,6 +161,12 @@ RECONCILED_FAILED = (
     ),
 )
 NO_RETRY = "no failed batch to resume"
+NOT_THIS_PARENT = "nested: the failed batch was not triggered from this parent lineage"
+# The triggering task's lineage (its OriginalExecutionID) in the failed run, and a retry of that
+# task in the resumed parent run (same lineage), and a try of it in a fresh parent lineage.
+PARENT_LINEAGE = 30
+RESUMED_PARENT = ParentExecution(execution_id=41, lineage=PARENT_LINEAGE)
+FRESH_PARENT = ParentExecution(execution_id=50, lineage=50)
 
 
 @dataclass(frozen=True)
@@ -264,7 +277,131 @@ BATCH_CASES = [
         fresh("full rerun requested"),
         RECONCILED_FAILED,
     ),
-    # Row 4: resume_scope = logical_date and another date.
+    # Row 4: a nested batch resumes only a failed batch of its own parent-task lineage.
+    BatchCase(
+        "nested-fresh-parent-lineage",
+        bfacts(parent=FRESH_PARENT, previous=previous(parent_lineage=PARENT_LINEAGE)),
+        4,
+        fresh(NOT_THIS_PARENT),
+    ),
+    BatchCase(
+        "nested-previous-was-top-level",
+        bfacts(parent=RESUMED_PARENT, previous=previous(parent_lineage=None)),
+        4,
+        fresh(NOT_THIS_PARENT),
+    ),
+    BatchCase(
+        "nested-previous-from-another-parent-task",
+        bfacts(parent=RESUMED_PARENT, previous=previous(parent_lineage=31)),
+        4,
+        fresh(NOT_THIS_PARENT),
+    ),
+    BatchCase(
+        "nested-previous-reconciled-failed-other-parent",
+        bfacts(
+            parent=FRESH_PARENT,
+            previous=previous(
+                status=St.EXECUTING,
+                next_load_status=Nls.SKIP,
+                has_failed_task=True,
+                parent_lineage=PARENT_LINEAGE,
+            ),
+        ),
+        4,
+        fresh(NOT_THIS_PARENT),
+        RECONCILED_FAILED,
+    ),
+    # A nested batch is still bound by the rules before and after row 4.
+    BatchCase("nested-no-previous", bfacts(parent=RESUMED_PARENT), 2, fresh(NO_RETRY)),
+    BatchCase(
+        "nested-previous-succeeded",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(
+                status=St.SUCCEEDED, next_load_status=Nls.PENDING, parent_lineage=PARENT_LINEAGE
+            ),
+        ),
+        2,
+        fresh(NO_RETRY),
+    ),
+    BatchCase(
+        "nested-previous-running",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(
+                status=St.EXECUTING,
+                next_load_status=Nls.SKIP,
+                has_live_task=True,
+                parent_lineage=PARENT_LINEAGE,
+            ),
+        ),
+        1,
+        fresh(
+            "previous batch still running",
+            (Token.CONCURRENT_BATCH, dict(running_batch_execution_id=10)),
+        ),
+    ),
+    BatchCase(
+        "nested-full-rerun",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(parent_lineage=PARENT_LINEAGE),
+            full_rerun_requested=True,
+        ),
+        3,
+        fresh("full rerun requested"),
+    ),
+    BatchCase(
+        "nested-same-parent-lineage-other-date-scope",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(parent_lineage=PARENT_LINEAGE, logical_date=DAY1),
+            resume_scope=ResumeScope.LOGICAL_DATE,
+            logical_date=DAY2,
+        ),
+        5,
+        fresh("resume_scope=logical_date and the logical date differs"),
+    ),
+    BatchCase(
+        "nested-same-parent-lineage-retry-limit",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(parent_lineage=PARENT_LINEAGE, attempt_number=3),
+        ),
+        6,
+        fresh(
+            "retry limit reached",
+            (Token.RETRY_LIMIT_REACHED, dict(original_execution_id=7, attempts=3, retry_limit=3)),
+        ),
+    ),
+    BatchCase(
+        "nested-same-parent-lineage-resumes",
+        bfacts(parent=RESUMED_PARENT, previous=previous(parent_lineage=PARENT_LINEAGE)),
+        8,
+        resumed(parent=41),
+    ),
+    BatchCase(
+        "nested-reconciled-same-parent-lineage-resumes",
+        bfacts(
+            parent=RESUMED_PARENT,
+            previous=previous(
+                status=St.RETRYING,
+                next_load_status=Nls.SKIP,
+                has_failed_task=True,
+                parent_lineage=PARENT_LINEAGE,
+            ),
+        ),
+        8,
+        resumed(parent=41),
+        RECONCILED_FAILED,
+    ),
+    BatchCase(
+        "top-level-run-resumes-a-failed-nested-batch",
+        bfacts(previous=previous(parent_lineage=PARENT_LINEAGE)),
+        8,
+        resumed(),
+    ),
+    # Row 5: resume_scope = logical_date and another date.
     BatchCase(
         "logical-date-scope-other-date",
         bfacts(
@@ -272,7 +409,7 @@ BATCH_CASES = [
             resume_scope=ResumeScope.LOGICAL_DATE,
             logical_date=DAY2,
         ),
-        4,
+        5,
         fresh("resume_scope=logical_date and the logical date differs"),
     ),
     BatchCase(
@@ -282,7 +419,7 @@ BATCH_CASES = [
             resume_scope=ResumeScope.LOGICAL_DATE,
             logical_date=None,
         ),
-        4,
+        5,
         fresh("resume_scope=logical_date and the logical date differs"),
     ),
     BatchCase(
@@ -292,15 +429,15 @@ BATCH_CASES = [
             resume_scope=ResumeScope.LOGICAL_DATE,
             logical_date=DAY2,
         ),
-        4,
+        5,
         fresh("resume_scope=logical_date and the logical date differs"),
     ),
-    # Row 5: retry limit reached (attempt_number >= retry_limit).
+    # Row 6: retry limit reached (attempt_number >= retry_limit).
     *(
         BatchCase(
             f"retry-limit-reached-attempt-{attempt}",
             bfacts(previous=previous(attempt_number=attempt), retry_limit=3),
-            5,
+            6,
             fresh(
                 "retry limit reached",
                 (
@@ -314,7 +451,7 @@ BATCH_CASES = [
     BatchCase(
         "retry-limit-zero",
         bfacts(previous=previous(attempt_number=1), retry_limit=0),
-        5,
+        6,
         fresh(
             "retry limit reached",
             (Token.RETRY_LIMIT_REACHED, dict(original_execution_id=7, attempts=1, retry_limit=0)),
@@ -326,20 +463,20 @@ BATCH_CASES = [
             previous=previous(attempt_number=3, lineage_started_at=NOW - timedelta(days=9)),
             max_resume_age=60,
         ),
-        5,
+        6,
         fresh(
             "retry limit reached",
             (Token.RETRY_LIMIT_REACHED, dict(original_execution_id=7, attempts=3, retry_limit=3)),
         ),
     ),
-    # Row 6: lineage older than MaxResumeAge.
+    # Row 7: lineage older than MaxResumeAge.
     BatchCase(
         "max-resume-age-expired",
         bfacts(
             previous=previous(lineage_started_at=NOW - timedelta(seconds=3601)),
             max_resume_age=3600,
         ),
-        6,
+        7,
         fresh(
             "lineage older than MaxResumeAge",
             (
@@ -348,12 +485,12 @@ BATCH_CASES = [
             ),
         ),
     ),
-    # Row 7: resume.
-    BatchCase("resume", bfacts(previous=previous()), 7, resumed()),
+    # Row 8: resume.
+    BatchCase("resume", bfacts(previous=previous()), 8, resumed()),
     BatchCase(
         "resume-attempt-plus-one",
         bfacts(previous=previous(execution_id=31, original_execution_id=7, attempt_number=2)),
-        7,
+        8,
         resumed(original=7, previous_id=31, attempt=3),
     ),
     BatchCase(
@@ -363,13 +500,13 @@ BATCH_CASES = [
             resume_scope=ResumeScope.LOGICAL_DATE,
             logical_date=DAY1,
         ),
-        7,
+        8,
         resumed(),
     ),
     BatchCase(
         "resume-lineage-scope-other-date",
         bfacts(previous=previous(logical_date=DAY1), logical_date=DAY2),
-        7,
+        8,
         resumed(),
     ),
     BatchCase(
@@ -378,19 +515,19 @@ BATCH_CASES = [
             previous=previous(lineage_started_at=NOW - timedelta(seconds=3599)),
             max_resume_age=3600,
         ),
-        7,
+        8,
         resumed(),
     ),
     BatchCase(
         "resume-no-max-resume-age-very-old-lineage",
         bfacts(previous=previous(lineage_started_at=NOW - timedelta(days=400))),
-        7,
+        8,
         resumed(),
     ),
     BatchCase(
         "resume-below-retry-limit",
         bfacts(previous=previous(attempt_number=2), retry_limit=3),
-        7,
+        8,
         resumed(attempt=3),
     ),
     BatchCase(
@@ -398,7 +535,7 @@ BATCH_CASES = [
         bfacts(
             previous=previous(status=St.EXECUTING, next_load_status=Nls.SKIP, has_failed_task=True)
         ),
-        7,
+        8,
         resumed(),
         RECONCILED_FAILED,
     ),
@@ -412,7 +549,7 @@ BATCH_CASES = [
                 attempt_number=3,
             )
         ),
-        5,
+        6,
         fresh(
             "retry limit reached",
             (Token.RETRY_LIMIT_REACHED, dict(original_execution_id=7, attempts=3, retry_limit=3)),

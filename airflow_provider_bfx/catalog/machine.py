@@ -90,6 +90,21 @@ class PreviousBatch:
     logical_date: datetime | None
     has_live_task: bool  # a child execution is active and its lease has not expired
     has_failed_task: bool  # a child execution is F or A (used only to reconcile)
+    # Nested batch: the parent-task lineage it was triggered from (the OriginalExecutionID of
+    # the task execution that triggered it); None for a top-level batch.
+    parent_lineage: int | None = None
+
+
+@dataclass(frozen=True)
+class ParentExecution:
+    """The routed task execution that triggered this DAG run: the batch is nested under it.
+
+    ``lineage`` is that execution's OriginalExecutionID, the first execution of the same task
+    (and item) in the parent's lineage: every retry and every resumed attempt of the triggering
+    task carries the same one, and a fresh parent lineage carries a new one."""
+
+    execution_id: int
+    lineage: int
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ class BatchStartFacts:
     full_rerun_requested: bool
     resume_scope: ResumeScope
     logical_date: datetime | None
+    parent: ParentExecution | None = None  # set for a nested batch (DESIGN.md §5)
 
 
 class Lineage(str, Enum):
@@ -214,6 +230,13 @@ BATCH_START_RULES: tuple[Rule[BatchStartFacts, BatchStart], ...] = (
         _fresh("full rerun requested"),
     ),
     Rule(
+        "Nested batch: its lineage follows the parent's. It resumes only a failed batch"
+        " triggered from the same lineage of the same parent task; a fresh parent lineage (or"
+        " a failed batch triggered from elsewhere, or run top-level) starts it fresh (E).",
+        lambda f: f.parent is not None and _prev(f).parent_lineage != f.parent.lineage,
+        _fresh("nested: the failed batch was not triggered from this parent lineage"),
+    ),
+    Rule(
         "resume_scope = logical_date: only a run of the same logical date resumes.",
         lambda f: (
             f.resume_scope is ResumeScope.LOGICAL_DATE and f.logical_date != _prev(f).logical_date
@@ -271,6 +294,7 @@ BATCH_START_RULES: tuple[Rule[BatchStartFacts, BatchStart], ...] = (
                     original_execution_id=_prev(f).original_execution_id,
                     previous_execution_id=_prev(f).execution_id,
                     attempt=_prev(f).attempt_number + 1,
+                    **({} if f.parent is None else {"parent_execution_id": f.parent.execution_id}),
                 ),
             ),
         ),

@@ -196,6 +196,18 @@ class Checkpoint:
     payload: Any
 
 
+@dataclass(frozen=True)
+class _Parent:
+    """The task execution a nested batch was triggered by, as read at its batch start."""
+
+    execution: machine.ParentExecution
+    dag_id: str | None
+    task_id: str
+    lineage_id: int | None
+    package_id: int
+    item_fingerprint: str
+
+
 class _Unset:
     """Marker: leave a column as it is."""
 
@@ -384,7 +396,8 @@ class CatalogStore:
         # DESIGN.md §5: an expiry scan at every batch start, so that a task that crashed with
         # its lease lapsed counts as aborted when the batch it left open is reconciled.
         lines = [e.log_line for e in self._expire(conn, now)]
-        previous = self._previous_batch(conn, pkg.PackageID, now)
+        parent = self._parent_execution(conn, spec)
+        previous = self._previous_batch(conn, pkg.PackageID, now, parent=parent)
         facts = machine.BatchStartFacts(
             now=now,
             package_enabled=bool(pkg.IsEnabled),
@@ -394,6 +407,7 @@ class CatalogStore:
             full_rerun_requested=spec.full_rerun,
             resume_scope=spec.resume_scope,
             logical_date=spec.logical_date,
+            parent=None if parent is None else parent.execution,
         )
         decision = machine.batch_start(facts)
         if decision.reconcile is not None:
@@ -434,7 +448,66 @@ class CatalogStore:
         )
         for emit in start.emits:
             lines.append(_line(emit, dag=spec.dag_id, batch_execution_id=new_id))
+        if parent is not None:
+            lines.append(
+                _nested_line(
+                    dag=spec.dag_id,
+                    batch_execution_id=new_id,
+                    parent_execution_id=parent.execution.execution_id,
+                    parent_dag=parent.dag_id,
+                    parent_task=parent.task_id,
+                    parent_lineage=parent.execution.lineage,
+                    lineage="resume" if resume else "fresh",
+                    reason=start.reason,
+                )
+            )
         return lines
+
+    def _parent_execution(self, conn: Connection, spec: BatchSpec) -> _Parent | None:
+        """The task execution that triggered this DAG run (``spec.parent_execution_id``), or
+        None for a top-level batch. An id that names no task execution of this catalog is an
+        error, never a silent top-level start (docs/decisions/0070)."""
+        if spec.parent_execution_id is None:
+            return None
+        E = self.s.Execution
+        row = conn.execute(
+            select(
+                E.c.ExecutionID,
+                E.c.OriginalExecutionID,
+                E.c.LineageID,
+                E.c.PackageID,
+                E.c.ItemFingerprint,
+                E.c.DagId,
+                E.c.TaskId,
+            ).where(E.c.ExecutionID == spec.parent_execution_id)
+        ).first()
+        where = f"{self.s.qualified(E)} row ExecutionID={spec.parent_execution_id}"
+        fix = (
+            " Trigger the run from a routed task, or remove bfx.parent_execution_id from the"
+            " run's conf to start it as a top-level batch."
+        )
+        if row is None:
+            raise CatalogStateError(
+                f"DAG run {spec.dag_id}/{spec.run_id}: its conf names parent_execution_id="
+                f"{spec.parent_execution_id}, but {where} does not exist in this catalog." + fix
+            )
+        if row.TaskId is None:
+            raise CatalogStateError(
+                f"DAG run {spec.dag_id}/{spec.run_id}: its conf names parent_execution_id="
+                f"{spec.parent_execution_id}, but {where} is a batch execution (a DAG run of"
+                f" {row.DagId!r}), not the task execution that triggered this run." + fix
+            )
+        return _Parent(
+            machine.ParentExecution(
+                execution_id=int(row.ExecutionID),
+                lineage=int(row.OriginalExecutionID or row.ExecutionID),
+            ),
+            dag_id=row.DagId,
+            task_id=row.TaskId,
+            lineage_id=row.LineageID,
+            package_id=row.PackageID,
+            item_fingerprint=row.ItemFingerprint,
+        )
 
     def _peek_next_id(self, conn: Connection) -> int | None:
         if self.dialect == "mssql":
@@ -442,18 +515,33 @@ class CatalogStore:
         return int(conn.execute(select(self._next_id_column())).scalar_one())
 
     def _previous_batch(
-        self, conn: Connection, package_id: int, now: datetime
+        self, conn: Connection, package_id: int, now: datetime, *, parent: _Parent | None = None
     ) -> machine.PreviousBatch | None:
         E = self.s.Execution
         # A run skipped because the DAG was disabled decides nothing: the batch before it does.
-        row = conn.execute(
+        latest = (
             select(E)
             .where(
                 E.c.PackageID == package_id, E.c.ExecutionStatus != ExecutionStatus.SKIPPED.value
             )
             .order_by(E.c.ExecutionID.desc())
             .limit(1)
-        ).first()
+        )
+        row = None
+        if parent is not None:
+            # A nested batch: the latest batch of this DAG triggered from the same lineage of
+            # the same parent task (its tries and resumed attempts), so that another trigger
+            # of the same DAG (another task, another item) in between does not hide it. None:
+            # the latest batch of the DAG, which the machine then starts fresh from.
+            trig = E.alias("trig")
+            triggers = select(trig.c.ExecutionID).where(
+                trig.c.LineageID == parent.lineage_id,
+                trig.c.PackageID == parent.package_id,
+                trig.c.ItemFingerprint == parent.item_fingerprint,
+            )
+            row = conn.execute(latest.where(E.c.ParentExecutionID.in_(triggers))).first()
+        if row is None:
+            row = conn.execute(latest).first()
         if row is None:
             return None
         child = E.alias("child")
@@ -474,9 +562,18 @@ class CatalogStore:
             .where(origin.c.ExecutionID == row.OriginalExecutionID)
             .scalar_subquery()
         )
-        has_live, has_failed, lineage_started = conn.execute(
+        trigger = E.alias("trigger")
+        parent_lineage = (
+            select(func.coalesce(trigger.c.OriginalExecutionID, trigger.c.ExecutionID))
+            .where(trigger.c.ExecutionID == row.ParentExecutionID)
+            .scalar_subquery()
+        )
+        has_live, has_failed, lineage_started, triggered_from = conn.execute(
             select(
-                _flag(live).label("live"), _flag(failed).label("failed"), started.label("started")
+                _flag(live).label("live"),
+                _flag(failed).label("failed"),
+                started.label("started"),
+                parent_lineage.label("parent_lineage"),
             )
         ).one()
         where = f"{self.s.qualified(E)} row ExecutionID={row.ExecutionID}"
@@ -490,6 +587,7 @@ class CatalogStore:
             logical_date=row.LogicalDate,
             has_live_task=bool(has_live),
             has_failed_task=bool(has_failed),
+            parent_lineage=None if triggered_from is None else int(triggered_from),
         )
 
     def start_batch(self, spec: BatchSpec) -> int:
@@ -1270,6 +1368,13 @@ def _flag(condition: Any) -> Any:
 
 def _line(emit: machine.Emit, **context: object) -> str:
     return format_token(emit.token, **{**context, **dict(emit.context)})
+
+
+def _nested_line(**context: object) -> str:
+    """``[bfx] nested batch key=value ...``: not one of the contract's tokens (a nested batch's
+    resume is also ``BFX_BATCH_RESUME ... parent_execution_id=``), see docs/decisions/0070."""
+    line = format_token("bfx", **context)
+    return "[bfx] nested batch" + line[len("[bfx]") :]
 
 
 def _log_lines(lines: Iterable[str]) -> None:

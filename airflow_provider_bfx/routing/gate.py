@@ -20,8 +20,10 @@ No SQL here: every read and write goes through :class:`CatalogStore`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +72,9 @@ log = logging.getLogger("airflow_provider_bfx.routing")
 UPSTREAM_SKIPPED = "BFX_UPSTREAM_SKIPPED"
 #: Context key through which the gate hands a replayed output to the execute wrapper.
 REPLAY_KEY = "bfx_replay"
+#: ``dag_run.conf["bfx"][PARENT_KEY]``: the task execution that triggered the run (nested batch).
+PARENT_KEY = "parent_execution_id"
+_TRIGGER_MODULE = "airflow.providers.standard.operators.trigger_dagrun"
 
 
 class BfxCatalogUnavailable(RuntimeError):
@@ -182,6 +187,7 @@ def gate(context: Any) -> None:
         store, started.execution_id, spec.lease_owner, spec.lease_seconds
     ).start()
     context["bfx"] = handle
+    nest_triggered_run(ti.task, started.execution_id)
     remember(key, GateRecord(Outcome.RUN, handle))
 
 
@@ -203,6 +209,55 @@ def _naive_utc(value: Any) -> datetime | None:
         value.minute,
         value.second,
         value.microsecond,
+    )
+
+
+def parent_execution_id(conf: Any) -> int | None:
+    """``dag_run.conf`` ``{"bfx": {"parent_execution_id": N}}``: this run was triggered by the
+    routed task execution N (a nested batch, written by :func:`nest_triggered_run`). Anything
+    but a positive integer there is an error, never a silent top-level start (decision 0070)."""
+    if not isinstance(conf, Mapping):
+        return None
+    bfx = conf.get("bfx")
+    if not isinstance(bfx, Mapping) or bfx.get(PARENT_KEY) is None:
+        return None
+    value = bfx[PARENT_KEY]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BfxRoutingError(
+            f"dag_run.conf bfx.{PARENT_KEY}={value!r} is not an ExecutionID (a positive"
+            " integer). It is set by a routed TriggerDagRunOperator; remove it from the run's"
+            " conf to run this DAG as a top-level batch."
+        )
+    return value
+
+
+def nest_triggered_run(task: Any, execution_id: int) -> None:
+    """A routed ``TriggerDagRunOperator`` about to run: its rendered ``conf`` gets
+    ``{"bfx": {"parent_execution_id": execution_id}}`` (merged, the user's keys kept), so that
+    the run it triggers starts a child batch of this execution (DESIGN.md §5)."""
+    module = sys.modules.get(_TRIGGER_MODULE)
+    trigger_class = getattr(module, "TriggerDagRunOperator", None)
+    if trigger_class is None or not isinstance(task, trigger_class):
+        return  # not imported in this process, so this task cannot be one
+    conf = task.conf
+    if isinstance(conf, str) and conf.strip():
+        try:
+            conf = json.loads(conf)
+        except ValueError:
+            return  # the operator itself refuses a conf that is not JSON
+    if conf is None or conf == "":
+        conf = {}
+    if not isinstance(conf, Mapping):
+        return  # the operator itself refuses it
+    bfx = conf.get("bfx")
+    bfx = dict(bfx) if isinstance(bfx, Mapping) else {}
+    bfx[PARENT_KEY] = execution_id
+    task.conf = {**conf, "bfx": bfx}
+    log.info(
+        "[bfx] nested batch trigger task=%s trigger_dag_id=%s parent_execution_id=%s",
+        getattr(task, "task_id", None),
+        getattr(task, "trigger_dag_id", None),
+        execution_id,
     )
 
 
@@ -240,6 +295,7 @@ def task_spec(
         logical_date=_naive_utc(context.get("logical_date")),
         full_rerun=full_rerun_requested(getattr(dag_run, "conf", None)),
         resume_scope=settings.resume_scope,
+        parent_execution_id=parent_execution_id(getattr(dag_run, "conf", None)),
         retry_limit=settings.dag_retry_limit,
         default_retry_limit=settings.retry_limit,
         default_max_resume_age=settings.max_resume_age,
