@@ -332,10 +332,8 @@ def _state_key(key: str, upstream: set[str]) -> tuple[str, int]:
     return key, keys.UNMAPPED
 
 
-def gate_skips(store: CatalogStore, dag_id: str, run_id: str) -> set[tuple[str, int]]:
-    """(task_id, map_index) of this run's tries the GATE skipped (C rows it wrote without
-    running anything: completed, or package disabled). A skip the task's own logic raised is
-    also C, but its row ran under a lease; it does not count (decision 0045)."""
+def _latest_task_rows(store: CatalogStore, dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
+    """The latest catalog row of each (task_id, map_index) of one DAG run."""
     latest: dict[tuple[str, int], Any] = {}
     for row in store.executions(dag_id, run_id):
         if row.TaskId is None:
@@ -343,22 +341,44 @@ def gate_skips(store: CatalogStore, dag_id: str, run_id: str) -> set[tuple[str, 
         slot = (row.TaskId, int(row.MapIndex))
         if slot not in latest or row.ExecutionID > latest[slot].ExecutionID:
             latest[slot] = row
-    return {
-        slot
-        for slot, row in latest.items()
-        if row.ExecutionStatus == ExecutionStatus.SKIPPED.value and row.LeaseOwner is None
-    }
+    return latest
+
+
+def _gate_skipped(row: Any) -> bool:
+    """A C row the GATE wrote without running anything (completed, or package disabled). A
+    skip the task's own logic raised is also C, but its row ran under a lease: it does not
+    count (decision 0045)."""
+    return bool(row.ExecutionStatus == ExecutionStatus.SKIPPED.value and row.LeaseOwner is None)
+
+
+def _upstreams_fine_in_catalog(latest: dict[tuple[str, int], Any], upstream: set[str]) -> bool:
+    """True when the catalog alone shows that no upstream was skipped for another reason than
+    "already completed": each upstream is unmapped and its latest row in this run succeeded
+    (S) or was skipped by the gate. Then Airflow need not be asked (decision 0052)."""
+    found: dict[str, Any] = {}
+    for (task_id, map_index), row in latest.items():
+        if task_id in upstream:
+            if map_index != keys.UNMAPPED:
+                return False  # how many instances there are is Airflow's to say
+            found[task_id] = row
+    return found.keys() == upstream and all(
+        row.ExecutionStatus == ExecutionStatus.SUCCEEDED.value or _gate_skipped(row)
+        for row in found.values()
+    )
 
 
 def _require_upstreams(ti: Any, store: CatalogStore, key: TryKey) -> None:
     upstream = set(getattr(ti.task, "upstream_task_ids", ()) or ())
     if not upstream:
         return
+    latest = _latest_task_rows(store, key.dag_id, key.run_id)
+    if _upstreams_fine_in_catalog(latest, upstream):
+        return
     states = ti.get_task_states(dag_id=key.dag_id, run_ids=[key.run_id], task_ids=sorted(upstream))
     skipped = sorted(k for k, state in (states.get(key.run_id) or {}).items() if state == "skipped")
     if not skipped:
         return
-    completed = gate_skips(store, key.dag_id, key.run_id)
+    completed = {slot for slot, row in latest.items() if _gate_skipped(row)}
     other = [k for k in skipped if _state_key(k, upstream) not in completed]
     if not other:
         return
