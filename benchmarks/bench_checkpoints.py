@@ -76,17 +76,7 @@ def open_handle(store: CatalogStore, run_id: str) -> ExecutionHandle:
     )
     started = store.start_task(spec)
     assert started.run is Run.RUN, started
-    return ExecutionHandle(
-        execution_id=started.execution_id,
-        batch_execution_id=started.batch_execution_id,
-        original_execution_id=started.original_execution_id,
-        status=started.status,
-        audit_id=started.audit_id,
-        attempt_number=started.attempt_number,
-        scope_key=started.scope_key,
-        operator_fingerprint="f" * 64,
-        store=store,
-    )
+    return ExecutionHandle.of_start(started, store, spec)
 
 
 @contextmanager

@@ -169,19 +169,7 @@ def gate(context: Any) -> None:
     if started.run is Run.SKIP:
         _skip(context, key, store, started, facts)
         return
-    handle = ExecutionHandle(
-        execution_id=started.execution_id,
-        batch_execution_id=started.batch_execution_id,
-        original_execution_id=started.original_execution_id,
-        status=started.status,
-        audit_id=started.audit_id,
-        attempt_number=started.attempt_number,
-        scope_key=started.scope_key,
-        item_fingerprint=spec.item_fingerprint,
-        operator_fingerprint=spec.operator_fingerprint,
-        version_mismatch_policy=spec.policy,
-        store=store,
-    )
+    handle = ExecutionHandle.of_start(started, store, spec)
     assert spec.lease_owner is not None
     handle.lease = LeaseKeeper(
         store, started.execution_id, spec.lease_owner, spec.lease_seconds
@@ -426,16 +414,7 @@ def _skip(
             key,
             GateRecord(
                 Outcome.RERUN_FOR_OUTPUT,
-                ExecutionHandle(
-                    execution_id=started.execution_id,
-                    batch_execution_id=started.batch_execution_id,
-                    original_execution_id=started.original_execution_id,
-                    status=started.status,
-                    audit_id=started.audit_id,
-                    attempt_number=started.attempt_number,
-                    scope_key=started.scope_key,
-                    store=store,
-                ),
+                ExecutionHandle.of_start(started, store),
             ),
         )
         return

@@ -29,7 +29,7 @@ from airflow_provider_bfx.catalog.codes import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_bfx.catalog.store import CatalogStore
+    from airflow_provider_bfx.catalog.store import CatalogStore, TaskSpec, TaskStarted
     from airflow_provider_bfx.routing.lease import LeaseKeeper
 
 #: NodeKey of the checkpoint that records a task's return value for replay.
@@ -90,6 +90,26 @@ class ExecutionHandle:
     store: CatalogStore | None = field(default=None, repr=False)
     lease: LeaseKeeper | None = field(default=None, repr=False)
     _loops: int = field(default=0, repr=False)  # foreach loops started, for default names
+
+    @classmethod
+    def of_start(
+        cls, started: TaskStarted, store: CatalogStore, spec: TaskSpec | None = None
+    ) -> ExecutionHandle:
+        """The handle of the execution a task start wrote (``spec``: the start's request, for
+        the item, the operator fingerprint and the version-mismatch policy)."""
+        return cls(
+            execution_id=started.execution_id,
+            batch_execution_id=started.batch_execution_id,
+            original_execution_id=started.original_execution_id,
+            status=started.status,
+            audit_id=started.audit_id,
+            attempt_number=started.attempt_number,
+            scope_key=started.scope_key,
+            item_fingerprint=spec.item_fingerprint if spec else keys.NO_ITEM,
+            operator_fingerprint=spec.operator_fingerprint if spec else None,
+            version_mismatch_policy=spec.policy if spec else VersionMismatchPolicy.WARN,
+            store=store,
+        )
 
     def _store(self) -> CatalogStore:
         if self.store is None:
