@@ -22,15 +22,8 @@ import traceback
 from typing import Any
 
 from airflow_provider_bfx.catalog.machine import TaskOutcome
-from airflow_provider_bfx.routing.handle import (
-    RETURN_VALUE_NODE,
-    ExecutionHandle,
-    GateRecord,
-    Outcome,
-    TryKey,
-    forget,
-    recall,
-)
+from airflow_provider_bfx.routing.handle import RETURN_VALUE_NODE, ExecutionHandle
+from airflow_provider_bfx.routing.records import GateRecord, Outcome, TryKey, forget, recall
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 

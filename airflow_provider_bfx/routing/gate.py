@@ -50,15 +50,9 @@ from airflow_provider_bfx.catalog.store import (
 )
 from airflow_provider_bfx.routing import fingerprint, install
 from airflow_provider_bfx.routing.catalog import get_store
-from airflow_provider_bfx.routing.handle import (
-    RETURN_VALUE_NODE,
-    ExecutionHandle,
-    GateRecord,
-    Outcome,
-    TryKey,
-    remember,
-)
+from airflow_provider_bfx.routing.handle import RETURN_VALUE_NODE, ExecutionHandle
 from airflow_provider_bfx.routing.lease import LeaseKeeper
+from airflow_provider_bfx.routing.records import GateRecord, Outcome, TryKey, remember
 from airflow_provider_bfx.routing.settings import (
     BfxSettings,
     BfxSettingsError,

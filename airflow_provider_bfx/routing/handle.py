@@ -1,19 +1,14 @@
-"""The execution handle (``context["bfx"]``) and what the gate decided for each try.
+"""The execution handle: what a running task knows and can do (``context["bfx"]``).
 
-The gate and the callbacks of one try run in the same process: the task process under an
-executor, the ``dags test`` process in a test. The gate therefore records its outcome for the try
-in a process-level table keyed by the try (:class:`TryKey`), and the callbacks look it up there
-(decision 0042). The table also says what NOT to end: a try the gate skipped (its row is already
-terminal), refused, served from a replay, or let run unrouted.
+Its checkpoints, ``foreach`` progress and row counts are scoped to the lineage, the task and the
+item (never to one execution), so that they survive every kind of retry (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -38,34 +33,6 @@ RETURN_VALUE_NODE = "return_value"
 log = logging.getLogger("airflow_provider_bfx.routing")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TryKey:
-    """One try of one task instance: the same fields as the row's ``ExternalExecutionID``."""
-
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-    try_number: int
-
-    @staticmethod
-    def of(ti: Any) -> TryKey:
-        map_index = getattr(ti, "map_index", None)
-        return TryKey(
-            dag_id=str(ti.dag_id),
-            run_id=str(ti.run_id),
-            task_id=str(ti.task_id),
-            map_index=keys.UNMAPPED if map_index is None else int(map_index),
-            try_number=int(getattr(ti, "try_number", 1) or 1),
-        )
-
-    @property
-    def external_id(self) -> str:
-        return keys.task_external_id(
-            self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number
-        )
 
 
 @dataclass(eq=False)
@@ -272,42 +239,3 @@ class ExecutionHandle:
             "status": self.status.value,
             "audit_id": self.audit_id,
         }
-
-
-class Outcome(str, Enum):
-    """What the gate did with one try."""
-
-    RUN = "run"  # routed and running: the callbacks end its execution
-    RERUN_FOR_OUTPUT = "rerun_for_output"  # completed (C) but run again for a missing output
-    SKIPPED = "skipped"  # the gate skipped it (C skip, package disabled, upstream skipped)
-    REPLAYED = "replayed"  # served as success with its recorded output; its row is C
-    REFUSED = "refused"  # the gate failed it before any work
-    UNROUTED = "unrouted"  # catalog unavailable and on_catalog_unavailable = run
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class GateRecord:
-    outcome: Outcome
-    handle: ExecutionHandle | None = None
-
-
-_records: dict[TryKey, GateRecord] = {}
-_records_lock = threading.Lock()
-
-
-def remember(key: TryKey, record: GateRecord) -> None:
-    with _records_lock:
-        _records[key] = record
-
-
-def recall(key: TryKey) -> GateRecord | None:
-    with _records_lock:
-        return _records.get(key)
-
-
-def forget(key: TryKey) -> GateRecord | None:
-    with _records_lock:
-        return _records.pop(key, None)
