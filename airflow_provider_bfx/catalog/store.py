@@ -623,8 +623,9 @@ class CatalogStore:
                 inner.c.PackageID == tp.c.PackageID,
                 inner.c.ItemFingerprint == bindparam("p_item"),
                 inner.c.ExecutionStatus.in_(_TERMINAL),
-                # A start that never ran and carries no instruction (refused A/P, disabled C/P)
-                # decides nothing: the instruction before it stands (docs/decisions/0008).
+                # A start that never ran and carries no instruction (refused A/P, disabled C/P,
+                # a skip row whose C was reset when its lineage closed) decides nothing: the
+                # instruction before it stands (docs/decisions/0008).
                 or_(inner.c.LeaseOwner.is_not(None), inner.c.NextLoadStatus != "P"),
             )
             .scalar_subquery()
