@@ -63,3 +63,27 @@ TASK_CALLBACKS = (
     ("on_retry_callback", bfx_on_retry),
     ("on_skipped_callback", bfx_on_skipped),
 )
+
+
+# DAG-level callbacks (the policy appends them to a routed DAG's on_success_callback and
+# on_failure_callback): they close the DAG run's batch. Airflow serializes only whether a DAG
+# has such callbacks, never their source, but keep them trampolines like the ones above.
+
+
+def bfx_on_dag_success(context: Any) -> None:
+    from airflow_provider_bfx.routing.batch_end import on_dag_success
+
+    on_dag_success(context)
+
+
+def bfx_on_dag_failure(context: Any) -> None:
+    from airflow_provider_bfx.routing.batch_end import on_dag_failure
+
+    on_dag_failure(context)
+
+
+#: (DAG attribute, callback) pairs, in the order routing installs them.
+DAG_CALLBACKS = (
+    ("on_success_callback", bfx_on_dag_success),
+    ("on_failure_callback", bfx_on_dag_failure),
+)

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog import evidence, keys, machine
 from airflow_provider_bfx.catalog.codes import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -54,6 +54,7 @@ from airflow_provider_bfx.catalog.codes import (
     CorruptRowError,
     ExecutionStatus,
     NextLoadStatus,
+    Token,
     VersionMismatchPolicy,
     format_token,
     parse_next_load_status,
@@ -177,6 +178,28 @@ class BatchEnded:
     status: ExecutionStatus
     next_load_status: NextLoadStatus
     changed: bool
+
+
+@dataclass(frozen=True)
+class RunAwaitingEvidence:
+    """A batch of a DAG's latest lineage whose rows may disagree with what Airflow recorded
+    (DESIGN.md §4, evidence)."""
+
+    run_id: str
+    batch_execution_id: int
+    #: Closed cleanly (S, ended, no active row): only the DAG run's state needs asking.
+    settled: bool
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    """Airflow's record of one DAG run: its state and the state of each task instance, keyed
+    by (task_id, map_index) with ``map_index`` -1 for an unmapped task."""
+
+    run_id: str
+    dag_run_state: str | None
+    task_states: Mapping[tuple[str, int], str | None]
 
 
 @dataclass(frozen=True)
@@ -1102,6 +1125,202 @@ class CatalogStore:
             )
 
         return self._transact(work, "batch end")
+
+    # -- Airflow's outcome is evidence --------------------------------------------------------
+
+    def runs_awaiting_evidence(
+        self, dag_id: str, run_id: str, *, limit: int = 5
+    ) -> list[RunAwaitingEvidence]:
+        """The batches of ``dag_id``'s latest lineage (other than ``run_id``, newest first, at
+        most ``limit``) whose rows Airflow may contradict. A batch that closed cleanly
+        (succeeded, closed, no active task row) is listed with ``settled=True`` and no task ids:
+        only a DAG run marked failed by hand afterwards can contradict it, which one cheap
+        question to Airflow settles. Nothing is listed for a DAG without batches."""
+        E = self.s.Execution
+        t = E.alias("t")
+        active_child = exists().where(
+            t.c.ParentExecutionID == E.c.ExecutionID, t.c.ExecutionStatus.in_(_ACTIVE)
+        )
+        query = (
+            select(
+                E.c.ExecutionID,
+                E.c.RunId,
+                E.c.LineageID,
+                E.c.ExecutionStatus,
+                E.c.EndTime,
+                _flag(active_child).label("has_active"),
+            )
+            .where(E.c.DagId == dag_id, E.c.TaskId.is_(None), E.c.RunId != run_id)
+            .order_by(E.c.ExecutionID.desc())
+            .limit(limit)
+        )
+
+        def work(conn: Connection) -> list[RunAwaitingEvidence]:
+            rows = conn.execute(query).all()
+            out: list[RunAwaitingEvidence] = []
+            for r in rows:
+                if r.LineageID != rows[0].LineageID:
+                    break
+                settled = (
+                    r.ExecutionStatus == ExecutionStatus.SUCCEEDED.value
+                    and r.EndTime is not None
+                    and not r.has_active
+                )
+                if settled and out:
+                    continue  # an older clean batch of the lineage: superseded by the newer
+                out.append(
+                    RunAwaitingEvidence(
+                        str(r.RunId), int(r.ExecutionID), settled, self._task_ids(conn, r)
+                    )
+                )
+            return out
+
+        return self._transact(work, "read")
+
+    def task_ids_of_batch(self, batch_execution_id: int) -> tuple[str, ...]:
+        """The task ids with rows under one batch execution."""
+        return self._transact(
+            lambda conn: self._task_ids(conn, batch_execution_id, force=True), "read"
+        )
+
+    def _task_ids(self, conn: Connection, row: Any, *, force: bool = False) -> tuple[str, ...]:
+        E = self.s.Execution
+        batch_id = row if force else row.ExecutionID
+        if (
+            not force
+            and row.ExecutionStatus == ExecutionStatus.SUCCEEDED.value
+            and (row.EndTime is not None and not row.has_active)
+        ):
+            return ()
+        ids = conn.execute(
+            select(E.c.TaskId)
+            .where(E.c.ParentExecutionID == batch_id, E.c.TaskId.is_not(None))
+            .distinct()
+        ).scalars()
+        return tuple(sorted(str(x) for x in ids))
+
+    def adopt_airflow_states(self, dag_id: str, runs: Sequence[RunEvidence]) -> list[str]:
+        """Bring the rows of these DAG runs in line with Airflow's record of them
+        (:mod:`.evidence`): the latest try row of each task instance first, then the batch.
+        Idempotent; returns the ``BFX_ADOPTED_AIRFLOW_STATE`` lines it logged."""
+        lines: list[str] = []
+        for run in runs:
+
+            def work(conn: Connection, run: RunEvidence = run) -> list[str]:
+                return self._adopt_run(conn, dag_id, run)
+
+            lines += self._transact(work, "adoption")
+        _log_lines(lines)
+        return lines
+
+    def _adopt_run(self, conn: Connection, dag_id: str, run: RunEvidence) -> list[str]:
+        E = self.s.Execution
+        now = self.clock()
+        batch = conn.execute(
+            self._lock(
+                select(E).where(
+                    E.c.ExternalExecutionID == keys.batch_external_id(dag_id, run.run_id)
+                ),
+                E,
+            )
+        ).first()
+        if batch is None:
+            return []
+        where_b = f"{self.s.qualified(E)} row ExecutionID={batch.ExecutionID}"
+        batch_status = parse_status(batch.ExecutionStatus, row=where_b)
+        t = E.alias("t")
+        later = E.alias("later")
+        newer = exists().where(
+            later.c.ParentExecutionID == t.c.ParentExecutionID,
+            later.c.TaskId == t.c.TaskId,
+            later.c.MapIndex == t.c.MapIndex,
+            later.c.ExecutionID > t.c.ExecutionID,
+        )
+        rows = conn.execute(
+            select(
+                t.c.ExecutionID,
+                t.c.TaskId,
+                t.c.MapIndex,
+                t.c.ExecutionStatus,
+                _flag(self._copy_landed(t)).label("copy_landed"),
+            ).where(t.c.ParentExecutionID == batch.ExecutionID, t.c.TaskId.is_not(None), ~newer)
+        ).all()
+        lines: list[str] = []
+        batch_failed = (
+            batch_status is ExecutionStatus.FAILED or run.dag_run_state == evidence.RUN_FAILED
+        )
+        Err = self.s.ExecutionError
+        for r in rows:
+            slot = (str(r.TaskId), int(r.MapIndex))
+            if slot not in run.task_states:
+                continue
+            where = f"{self.s.qualified(E)} row ExecutionID={r.ExecutionID}"
+            current = parse_status(r.ExecutionStatus, row=where)
+            adoption = evidence.adopt_task(
+                current,
+                run.task_states[slot],
+                batch_failed=batch_failed,
+                copy_landed=bool(r.copy_landed),
+            )
+            if adoption is None:
+                continue
+            changed = conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == r.ExecutionID, E.c.ExecutionStatus == current.value)
+                .values(
+                    ExecutionStatus=adoption.status.value,
+                    NextLoadStatus=adoption.next_load_status.value,
+                    EndTime=func.coalesce(E.c.EndTime, now),
+                    LeaseExpiresAt=None,
+                    UpdatedAt=now,
+                )
+            ).rowcount
+            if not changed:
+                continue
+            conn.execute(
+                insert(Err).values(
+                    ExecutionID=r.ExecutionID,
+                    ErrorType=Token.ADOPTED_AIRFLOW_STATE.value,
+                    ErrorMessage=adoption.reason,
+                    ErrorDetail=None,
+                    CreatedAt=now,
+                )
+            )
+            lines.append(
+                format_token(
+                    Token.ADOPTED_AIRFLOW_STATE,
+                    dag=dag_id,
+                    run_id=run.run_id,
+                    task=r.TaskId,
+                    map_index=None if int(r.MapIndex) == keys.UNMAPPED else int(r.MapIndex),
+                    execution_id=r.ExecutionID,
+                    airflow_state=adoption.airflow_state,
+                    was=current.value,
+                    status=adoption.status.value,
+                    next_load_status=adoption.next_load_status.value,
+                )
+            )
+        ended = evidence.adopt_batch(
+            batch_status, run.dag_run_state, closed=batch.EndTime is not None
+        )
+        if ended is not None:
+            end = self._apply_batch_end(
+                conn, int(batch.ExecutionID), int(batch.LineageID), ended, now, close=True
+            )
+            if end.status is not batch_status:
+                lines.append(
+                    format_token(
+                        Token.ADOPTED_AIRFLOW_STATE,
+                        dag=dag_id,
+                        run_id=run.run_id,
+                        batch_execution_id=batch.ExecutionID,
+                        airflow_state=run.dag_run_state,
+                        was=batch_status.value,
+                        status=end.status.value,
+                        next_load_status=end.next_load_status.value,
+                    )
+                )
+        return lines
 
     # -- leases -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # Resolve connections as Airflow's own CLI does (``airflow connections``): a command-line
+    # process is a server context, whose secrets backends include the metadata DB. Without it
+    # a connection added with ``airflow connections add`` is invisible and the embedded default
+    # would be used in its place (docs/decisions/0080).
+    os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
     try:
         return int(func(args))
     except CliError as exc:

@@ -118,6 +118,38 @@ def _log_embedded_notice_once(path: str) -> None:
     )
 
 
+class CatalogConnectionLookupError(RuntimeError):
+    """Looking the catalog connection up failed for another reason than "not defined"."""
+
+
+def _confirm_not_defined(conn_id: str) -> Any | None:
+    """Ask every secrets backend of this process again, one by one, before the embedded default.
+
+    Airflow's own lookup logs and skips a backend that raises and then reports "not defined":
+    a metadata DB that refused the query (or forbade a commit, as in the scheduler loop), an
+    unreachable API server or vault would all turn into a silent switch to another catalog than
+    the workers'. The embedded catalog applies only when every backend answered "not here"
+    (docs/decisions/0080). Returns the connection if a backend has it after all.
+    """
+    try:
+        from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
+    except ImportError:  # pragma: no cover - another Task SDK layout: trust Airflow's answer
+        return None
+    for backend in ensure_secrets_backend_loaded():
+        try:
+            conn = backend.get_connection(conn_id=conn_id)
+        except Exception as exc:
+            raise CatalogConnectionLookupError(
+                f"Looking up the BFX catalog connection {conn_id!r} failed in the secrets"
+                f" backend {type(backend).__name__}: {exc}. The embedded SQLite catalog is used"
+                f" only when the connection is defined nowhere, so nothing runs until the"
+                f" lookup works (check that backend, or the API server a task asks)."
+            ) from exc
+        if conn is not None:
+            return conn
+    return None
+
+
 class _CatalogTarget(NamedTuple):
     """Where the catalog is, resolved once per hook."""
 
@@ -166,7 +198,10 @@ class BfxCatalogHook(DbApiHook):
                     f"{_SUPPORTED_TYPES_TEXT} connection, or unset [bfx] catalog_conn_id to use "
                     f"the embedded SQLite catalog."
                 ) from err
-            return self._embedded_target()
+            found = _confirm_not_defined(conn_id)
+            if found is None:
+                return self._embedded_target()
+            conn = found
 
         conn_type = (conn.conn_type or "").lower()
         if conn_type not in SUPPORTED_CONN_TYPES:

@@ -1,1 +1,1 @@
-"""The provider's Airflow plugin (entry point ``airflow.plugins``): the DAG-run listener."""
+"""The provider's Airflow plugin (entry point ``airflow.plugins``); it registers no listener."""

@@ -41,8 +41,7 @@ def route_dag(
 
     Call it after the tasks are defined (typically at the end of the DAG file). Invalid
     arguments raise ``ValueError`` at parse time. Returns ``dag``. Also adds the tag ``bfx``, so
-    that the UI shows which DAGs are routed and the DAG-run listener knows it from the
-    serialized DAG.
+    that the UI shows which DAGs are routed.
     """
     routing = make_dag_routing(
         catalog_conn_id=catalog_conn_id,

@@ -5,7 +5,8 @@ connection id: the same id may point elsewhere after a connection is redefined, 
 by id would then write one run's rows into another database. Resolving the id to its URL costs a
 connection lookup (secrets backends, the API server): ~15 ms, more than a task start itself. So
 the id -> URL answer is remembered for :data:`CONNECTION_TTL_SECONDS`; a redefined connection
-takes effect within that time (decision 0051).
+takes effect within that time (decision 0051). A forked child starts with no cached store
+(decision 0080).
 
 The embedded SQLite catalog (no ``bfx_catalog_default`` connection defined) is deployed on first
 use, so that a first ``airflow dags test`` needs no setup (decision 0011). A catalog reached
@@ -15,6 +16,7 @@ and a missing schema fails the task with the message that says so.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -60,6 +62,27 @@ def get_store(catalog_conn_id: str) -> CatalogStore:
         _stores[url] = store
         _by_conn_id[catalog_conn_id] = (time.monotonic() + CONNECTION_TTL_SECONDS, store)
         return store
+
+
+def _forget_in_forked_child() -> None:
+    """After ``fork``: the child must never use the parent's pooled connections.
+
+    LocalExecutor forks workers from the scheduler and the task supervisor forks each task
+    process; a pool inherited across ``fork`` would run the child's statements on the parent's
+    database session (one PostgreSQL backend for several processes, interleaved protocol
+    messages). ``dispose(close=False)`` drops the inherited pool without closing the sockets,
+    which still belong to the parent; the child opens its own on first use. The lock is
+    replaced too: another thread of the parent may have held it at the moment of the fork.
+    """
+    global _lock
+    _lock = threading.Lock()
+    for store in _stores.values():
+        store.engine.dispose(close=False)
+    _stores.clear()
+    _by_conn_id.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 def forget_stores() -> None:

@@ -10,7 +10,8 @@ It asks the catalog what this try must do and makes Airflow do it:
 * **refuse** (already running elsewhere, or a changed definition under ``FAIL``): the task fails
   with the catalog's message and Airflow's retries do not apply.
 
-Before that it restores ``all_success``: routing turned the default ``all_success`` into
+Before that it adopts Airflow's outcome of earlier runs the catalog did not hear
+(:mod:`.evidence`), and it restores ``all_success``: routing turned the default ``all_success`` into
 ``none_failed`` so that a task downstream of a skipped-as-completed task still runs; a task
 whose upstream was skipped for any other reason (a branch, the task's own logic, an upstream
 skipped in turn) is skipped here, ``[BFX_UPSTREAM_SKIPPED]``.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 from collections.abc import Mapping
@@ -50,6 +50,7 @@ from airflow_provider_bfx.catalog.store import (
 )
 from airflow_provider_bfx.routing import fingerprint, install
 from airflow_provider_bfx.routing.catalog import get_store
+from airflow_provider_bfx.routing.evidence import adopt_airflow_outcomes, state_key
 from airflow_provider_bfx.routing.handle import RETURN_VALUE_NODE, ExecutionHandle
 from airflow_provider_bfx.routing.lease import LeaseKeeper
 from airflow_provider_bfx.routing.records import GateRecord, Outcome, TryKey, remember
@@ -141,6 +142,7 @@ def gate(context: Any) -> None:
     parse_task = parse_time_task(context)
     try:
         store = get_store(settings.catalog_conn_id)
+        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id)
         if install.all_success_restored(key.dag_id, key.task_id):
             _require_upstreams(ti, store, key)
         facts = task_facts(parse_task)
@@ -301,18 +303,6 @@ def task_spec(
 
 # -- all_success, restored ---------------------------------------------------------------------
 
-_MAPPED_STATE_KEY = re.compile(r"^(?P<task>.+)_(?P<index>\d+)$")
-
-
-def _state_key(key: str, upstream: set[str]) -> tuple[str, int]:
-    """``get_task_states`` names a mapped upstream's instances ``<task_id>_<map_index>``."""
-    if key in upstream:
-        return key, keys.UNMAPPED
-    match = _MAPPED_STATE_KEY.match(key)
-    if match and match["task"] in upstream:
-        return match["task"], int(match["index"])
-    return key, keys.UNMAPPED
-
 
 def _latest_task_rows(store: CatalogStore, dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
     """The latest catalog row of each (task_id, map_index) of one DAG run."""
@@ -361,7 +351,7 @@ def _require_upstreams(ti: Any, store: CatalogStore, key: TryKey) -> None:
     if not skipped:
         return
     completed = {slot for slot, row in latest.items() if _gate_skipped(row)}
-    other = [k for k in skipped if _state_key(k, upstream) not in completed]
+    other = [k for k in skipped if state_key(k, upstream) not in completed]
     if not other:
         return
     line = format_token(

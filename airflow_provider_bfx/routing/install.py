@@ -10,7 +10,7 @@ What it changes on each task:
   author's own). On a mapped task these live in ``partial_kwargs``, which Airflow serializes as
   source text: the functions installed there are the stable trampolines of
   :mod:`airflow_provider_bfx.callbacks` (decision 0041);
-* the four callbacks, appended;
+* the four callbacks, appended; on the DAG, the two DAG callbacks that close its batches;
 * ``trigger_rule``: the default ``all_success`` becomes ``none_failed`` (a task downstream of a
   skipped-as-completed task must run); the gate restores ``all_success`` for the others. Which
   tasks were converted is remembered here, per (dag_id, task_id), for the gate of this process;
@@ -26,7 +26,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from airflow_provider_bfx.callbacks import TASK_CALLBACKS, bfx_post_execute, bfx_pre_execute
+from airflow_provider_bfx.callbacks import (
+    DAG_CALLBACKS,
+    TASK_CALLBACKS,
+    bfx_post_execute,
+    bfx_pre_execute,
+)
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 
@@ -153,6 +158,15 @@ def route_task(task: Any, dag_id: str) -> None:
 
 
 def route_tasks(dag: Any) -> None:
-    """Route every task of ``dag``."""
+    """Route every task of ``dag``, and append the DAG callbacks that close its batches."""
     for task in dag.tasks:
         route_task(task, dag.dag_id)
+    for attr, callback in DAG_CALLBACKS:
+        updated = _with_callback(getattr(dag, attr, None), callback)
+        if updated is not None:
+            setattr(dag, attr, updated)
+            # The Task SDK DAG computes has_on_*_callback once, at construction; the serialized
+            # DAG (and so the scheduler's decision to send the callback) reads only the flag.
+            flag = f"has_{attr}"
+            if hasattr(dag, flag):
+                setattr(dag, flag, True)

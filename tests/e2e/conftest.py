@@ -9,9 +9,9 @@ earlier anyway (an explicit path order on the command line), its ORM is re-point
 database.
 
 DAGs are loaded through a ``DagBag`` so that the provider's cluster policy (entry point
-``airflow.policy``) routes them exactly as in production, and the DAG-run listener of the
-provider's plugin (entry point ``airflow.plugins``) closes the batch when ``dag.test()`` ends
-the run. Nothing of Airflow or the catalog is mocked.
+``airflow.policy``) routes them exactly as in production, and the DAG callbacks the policy
+installs close the batch when ``dag.test()`` ends the run. Nothing of Airflow or the catalog is
+mocked.
 
 The catalog is the ``catalog`` fixture: ``sqlite`` is the EMBEDDED catalog (no connection
 defined; ``[bfx] embedded_catalog_path`` points at a fresh file per test, and the routing deploys
@@ -294,7 +294,12 @@ def clear_and_resume(dag_id: str, run_id: str, task_ids: list[str]) -> RunResult
             select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
         )
         assert dag_run is not None
-        dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        # As dag.test() does: the deserialized DAG keeps only has_on_*_callback; carry the
+        # callbacks themselves over so that update_state() runs them in this process.
+        scheduler_dag.on_success_callback = dag.on_success_callback  # type: ignore[attr-defined]
+        scheduler_dag.on_failure_callback = dag.on_failure_callback  # type: ignore[attr-defined]
+        dag_run.dag = scheduler_dag
         while dag_run.state == DagRunState.RUNNING:
             session.expire_all()
             schedulable, _ = dag_run.update_state(session=session)

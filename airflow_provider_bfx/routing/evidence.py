@@ -1,0 +1,84 @@
+"""Read Airflow's record of earlier DAG runs and hand it to the store as typed evidence.
+
+DESIGN.md §4 "Airflow's outcome is evidence": a try whose end the catalog never heard (marked by
+hand, heartbeat timeout, executor failure, ended in the triggerer, lost to a catalog outage), or
+a DAG run marked success or failed by hand, is closed with Airflow's outcome at the latest by
+the next decision that needs it. That decision is a routed task's start: before the catalog
+decides, the gate asks the store which runs of the DAG's latest lineage could disagree with
+Airflow (one indexed read), asks Airflow for their states through the Task SDK (the execution
+API: no metadata DB access from the task; for a batch that closed cleanly only the DAG run's
+state, one small call), and the store adopts what differs
+(:mod:`airflow_provider_bfx.catalog.evidence`). No SQL here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog.evidence import RUN_FAILED
+from airflow_provider_bfx.catalog.store import CatalogStore, RunEvidence
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+_MAPPED_STATE_KEY = re.compile(r"^(?P<task>.+)_(?P<index>\d+)$")
+
+
+def state_key(key: str, task_ids: set[str]) -> tuple[str, int]:
+    """``get_task_states`` names a mapped task's instances ``<task_id>_<map_index>``."""
+    if key in task_ids:
+        return key, keys.UNMAPPED
+    match = _MAPPED_STATE_KEY.match(key)
+    if match and match["task"] in task_ids:
+        return match["task"], int(match["index"])
+    return key, keys.UNMAPPED
+
+
+def task_states_of_run(
+    ti: Any, dag_id: str, run_id: str, task_ids: set[str]
+) -> dict[tuple[str, int], str | None]:
+    """Airflow's state of every instance of ``task_ids`` in one DAG run."""
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id], task_ids=sorted(task_ids))
+    return {
+        state_key(k, task_ids): (None if v is None else str(v))
+        for k, v in (states.get(run_id) or {}).items()
+    }
+
+
+def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: str) -> None:
+    """Adopt Airflow's outcome of the earlier runs this start may depend on (see module doc).
+
+    An Airflow read that fails (a run deleted from the metadata DB, the API server briefly away)
+    leaves those rows as the catalog has them, and says so: the catalog's own rules (leases,
+    reconciliation) still apply, exactly as before this evidence existed. Catalog errors
+    propagate: the gate turns them into the usual refusal or BFX_CATALOG_UNAVAILABLE.
+    """
+    runs = store.runs_awaiting_evidence(dag_id, run_id)
+    if not runs:
+        return
+    found: list[RunEvidence] = []
+    for run in runs:
+        try:
+            dag_run_state = ti.get_dagrun_state(dag_id=dag_id, run_id=run.run_id)
+            task_ids = set(run.task_ids)
+            if run.settled:
+                if dag_run_state != RUN_FAILED:
+                    continue  # Airflow agrees with a batch that closed cleanly
+                task_ids = set(store.task_ids_of_batch(run.batch_execution_id))
+            states = task_states_of_run(ti, dag_id, run.run_id, task_ids)
+        except Exception as exc:
+            log.warning(
+                "bfx: could not read Airflow's record of DAG run %s/%s (%s); its catalog rows"
+                " stay as they are",
+                dag_id,
+                run.run_id,
+                exc,
+            )
+            continue
+        found.append(
+            RunEvidence(run.run_id, None if dag_run_state is None else str(dag_run_state), states)
+        )
+    if found:
+        store.adopt_airflow_states(dag_id, found)
