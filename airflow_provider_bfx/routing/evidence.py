@@ -36,15 +36,20 @@ def state_key(key: str, task_ids: set[str]) -> tuple[str, int]:
     return key, keys.UNMAPPED
 
 
+def state_text(state: Any) -> str | None:
+    """An Airflow state as its plain value: the Task SDK hands some states over as ``str``
+    enums whose ``str()`` is ``"DagRunState.FAILED"``, not ``"failed"``."""
+    if state is None:
+        return None
+    return str(getattr(state, "value", state))
+
+
 def task_states_of_run(
     ti: Any, dag_id: str, run_id: str, task_ids: set[str]
 ) -> dict[tuple[str, int], str | None]:
     """Airflow's state of every instance of ``task_ids`` in one DAG run."""
     states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id], task_ids=sorted(task_ids))
-    return {
-        state_key(k, task_ids): (None if v is None else str(v))
-        for k, v in (states.get(run_id) or {}).items()
-    }
+    return {state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()}
 
 
 def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: str) -> None:
@@ -61,7 +66,7 @@ def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: st
     found: list[RunEvidence] = []
     for run in runs:
         try:
-            dag_run_state = ti.get_dagrun_state(dag_id=dag_id, run_id=run.run_id)
+            dag_run_state = state_text(ti.get_dagrun_state(dag_id=dag_id, run_id=run.run_id))
             task_ids = set(run.task_ids)
             if run.settled:
                 if dag_run_state != RUN_FAILED:

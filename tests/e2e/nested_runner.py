@@ -57,7 +57,11 @@ def _run(dags: dict[str, Any], dag_id: str, run_id: str) -> str:
         dag_run.state = DagRunState.RUNNING
         dag_run.start_date = timezone.utcnow()
         session.commit()
-        dag_run.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        # As dag.test() does: carry the DAG callbacks (which close the batch) over.
+        scheduler_dag.on_success_callback = dag.on_success_callback  # type: ignore[attr-defined]
+        scheduler_dag.on_failure_callback = dag.on_failure_callback  # type: ignore[attr-defined]
+        dag_run.dag = scheduler_dag
         while dag_run.state == DagRunState.RUNNING:
             session.expire_all()
             schedulable, _ = dag_run.update_state(session=session)
