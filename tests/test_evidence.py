@@ -76,9 +76,10 @@ def test_marked_success_by_hand_is_skipped_next_run(catalog_url: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("[BFX_ADOPTED_AIRFLOW_STATE] dag=wh")
     assert "task=b" in lines[0] and "airflow_state=success was=F status=S" in lines[0]
     # Idempotent: the same evidence again changes nothing.
-    assert store.adopt_airflow_states(
-        "wh", [RunEvidence("run_1", "failed", {("b", -1): "success"})]
-    ) == []
+    assert (
+        store.adopt_airflow_states("wh", [RunEvidence("run_1", "failed", {("b", -1): "success"})])
+        == []
+    )
     b2 = BatchSpec("wh", "run_2")
     assert store.start_task(TaskSpec(b2, "a")).run is Run.SKIP
     assert store.start_task(TaskSpec(b2, "b")).run is Run.SKIP
