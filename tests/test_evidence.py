@@ -132,3 +132,17 @@ def test_sdk_enum_states_are_read_as_their_values() -> None:
     assert state_text(None) is None
     assert state_key("load_3", {"load"}) == ("load", 3)
     assert state_key("load_3", {"load_3"}) == ("load_3", -1)
+
+
+def test_plan_names_the_adoption_behind_a_decision(catalog_url: str) -> None:
+    from airflow_provider_bfx.catalog import operations
+
+    store = deployed_store(catalog_url)
+    b1 = BatchSpec("wh", "run_1")
+    a = store.start_task(TaskSpec(b1, "a"))
+    store.end_task(a.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch("wh", "run_1", succeeded=False)
+    store.adopt_airflow_states("wh", [RunEvidence("run_1", "failed", {("a", -1): "success"})])
+    (planned,) = operations.plan(store, "wh").tasks
+    assert planned.action == "skip" and planned.prior_execution_id == a.execution_id
+    assert planned.adopted == "Airflow recorded success; the catalog had F"

@@ -11,7 +11,7 @@ No Airflow here.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from airflow_provider_bfx.catalog.codes import (
     CheckpointType,
     ExecutionStatus,
     NextLoadStatus,
+    Token,
     VersionMismatchPolicy,
     parse_next_load_status,
     parse_status,
@@ -46,6 +47,9 @@ class PlannedTask:
     prior_execution_id: int | None
     original_execution_id: int | None
     audit_id: int | None  # for a compute-only restart: the landed audit ID it will reuse
+    #: Why the deciding row holds Airflow's outcome rather than its own callback's, if it does
+    #: (``BFX_ADOPTED_AIRFLOW_STATE``, decision 0080).
+    adopted: str | None = None
 
     @property
     def action(self) -> str:
@@ -188,9 +192,30 @@ def plan(
                         now,
                     )
                 )
+        deciding = [t.prior_execution_id for t in result.tasks if t.prior_execution_id]
+        if deciding:
+            adopted = _adoptions(store, conn, deciding)
+            result.tasks[:] = [
+                replace(t, adopted=adopted.get(t.prior_execution_id or 0)) for t in result.tasks
+            ]
         return result
 
     return store._transact(work, "plan")
+
+
+def _adoptions(store: CatalogStore, conn: Connection, execution_ids: list[int]) -> dict[int, str]:
+    """The latest adoption note of each of these executions (their ExecutionError rows of type
+    ``BFX_ADOPTED_AIRFLOW_STATE``)."""
+    Err = store.s.ExecutionError
+    rows = conn.execute(
+        select(Err.c.ExecutionID, Err.c.ErrorMessage)
+        .where(
+            Err.c.ExecutionID.in_(execution_ids),
+            Err.c.ErrorType == Token.ADOPTED_AIRFLOW_STATE.value,
+        )
+        .order_by(Err.c.ExecutionErrorID)
+    ).all()
+    return {int(r.ExecutionID): str(r.ErrorMessage) for r in rows}
 
 
 def _plan_task(

@@ -85,6 +85,8 @@ def run_plan(args: argparse.Namespace) -> int:
         why = t.reason
         if t.prior_execution_id is not None:
             why += f"; decided by execution {t.prior_execution_id}"
+        if t.adopted:
+            why += f" (BFX_ADOPTED_AIRFLOW_STATE: {t.adopted})"
         if t.audit_id is not None and t.action == "compute-only restart":
             why += f"; reuses audit_id {t.audit_id}"
         print(f"  {_name(t):<{width}}  {t.action:<21} {why}")

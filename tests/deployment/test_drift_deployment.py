@@ -137,17 +137,31 @@ def test_marked_success_by_hand_is_not_run_again(env: Env) -> None:
     assert (failed.ExecutionStatus, failed.NextLoadStatus) == ("F", "R")
     wait_batch_closed(env.catalog, env.deployment, CHAIN, run1)
 
-    env.api.mark_task(CHAIN, run1, "transform", "success")  # the on-call fixed it by hand
-    run2 = env.run(CHAIN)
-    assert env.api.task_states(CHAIN, run2) == {
-        ("extract", -1): "skipped",
-        ("transform", -1): "skipped",
-        ("load", -1): "success",
-    }
-    assert ran(ledger(env.ledgers, CHAIN), run2) == ["load"]
-    adopted = env.catalog.task_rows(env.deployment, CHAIN, run1)["transform"]
+    # The on-call fixed transform's data by hand and marks it success. Airflow 3 then schedules
+    # the downstream load IN THAT RUN, and the run ends success.
+    env.api.mark_task(CHAIN, run1, "transform", "success")
+    deadline = time.monotonic() + 120
+    while env.api.task_states(CHAIN, run1)[("load", -1)] != "success":
+        assert time.monotonic() < deadline, env.api.task_states(CHAIN, run1)
+        time.sleep(1)
+    assert env.api.wait_run(CHAIN, run1, timeout=120) == "success"
+    assert ran(ledger(env.ledgers, CHAIN), run1) == ["extract", "load"]  # transform: by hand
+    deadline = time.monotonic() + 90
+    while env.catalog.batch_row(env.deployment, CHAIN, run1).ExecutionStatus != "S":
+        assert time.monotonic() < deadline, "the run's success never reached its batch"
+        time.sleep(1)
+    rows1 = env.catalog.task_rows(env.deployment, CHAIN, run1)
+    adopted = rows1["transform"]
     assert (adopted.ExecutionStatus, adopted.NextLoadStatus) == ("S", "P")  # lineage closed
     assert env.adopted_errors(adopted.ExecutionID)
+    assert rows1["load"].ExecutionStatus == "S"
+    batch1 = env.catalog.batch_row(env.deployment, CHAIN, run1)
+    assert (batch1.ExecutionStatus, batch1.NextLoadStatus) == ("S", "P")
+    # The lineage is closed: the next run is a fresh batch, nothing of run 1 resumed.
+    run2 = env.run(CHAIN)
+    assert set(env.api.task_states(CHAIN, run2).values()) == {"success"}
+    batch2 = wait_batch_closed(env.catalog, env.deployment, CHAIN, run2)
+    assert batch2.OriginalExecutionID == batch2.ExecutionID
     env.healthy()
 
 
