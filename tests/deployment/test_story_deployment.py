@@ -43,6 +43,7 @@ def setup(
     try:
         yield deployment, catalog, copies
     finally:
+        deployment.stop()  # before the next configuration starts: one deployment at a time
         catalog.drop()
 
 
