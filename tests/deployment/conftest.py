@@ -40,6 +40,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.postgres)
+            # Starting a deployment (~45 s, ~100 s on a loaded 2-core machine) counts toward the
+            # first test's timeout; the 50-table story adds two real runs on top.
+            item.add_marker(pytest.mark.timeout(900))
 
 
 def _in_ci() -> bool:
