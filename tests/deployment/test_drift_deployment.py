@@ -27,7 +27,6 @@ from tests.deployment.harness import HEALTHY_COMPONENTS, Deployment
 CHAIN = "bfx_deploy_chain"
 DEFERRABLE = "bfx_deploy_deferrable"
 END_FROM_TRIGGER = "bfx_deploy_end_from_trigger"
-ITEMS = "bfx_deploy_items"
 ADOPTED = "BFX_ADOPTED_AIRFLOW_STATE"
 
 
@@ -67,11 +66,7 @@ def env(
     catalog = CatalogSetup.create("metadata", pg_server_url)
     ledgers = tmp_path_factory.mktemp("ledgers")
     deployment = deployment_factory(
-        dags=[
-            DEPLOY_DAGS / "bfx_deploy_chain.py",
-            DEPLOY_DAGS / "bfx_deploy_deferrable.py",
-            DEPLOY_DAGS / "bfx_deploy_items.py",
-        ],
+        dags=[DEPLOY_DAGS / "bfx_deploy_chain.py", DEPLOY_DAGS / "bfx_deploy_deferrable.py"],
         env={
             **catalog.env(),
             "BFX_DEPLOY_LEDGER_DIR": str(ledgers),
@@ -81,7 +76,7 @@ def env(
         parallelism=4,
     )
     catalog.after_start(deployment)
-    for dag_id in (CHAIN, DEFERRABLE, END_FROM_TRIGGER, ITEMS):
+    for dag_id in (CHAIN, DEFERRABLE, END_FROM_TRIGGER):
         deployment.api.wait_dag_parsed(dag_id, timeout=90)
     try:
         yield Env(deployment, catalog, ledgers)
@@ -215,34 +210,3 @@ def test_killed_task_process_is_closed_and_retried_next_run(env: Env) -> None:
     }
     assert ran(ledger(env.ledgers, CHAIN), run2) == ["transform", "load"]
     env.healthy()
-
-
-def _versions(env: Env, dag_id: str) -> int:
-    return int(env.api.call("GET", f"dags/{dag_id}/dagVersions")["total_entries"])
-
-
-def test_mapped_items_resume_by_identity_after_the_list_is_reordered(env: Env) -> None:
-    run1 = env.run(ITEMS, conf={"fail_items": ["c"]})
-    states1 = env.api.task_states(ITEMS, run1)
-    assert sorted(states1.values()) == ["failed", "success", "success", "success"]
-    wait_batch_closed(env.catalog, env.deployment, ITEMS, run1)
-
-    # The source list comes back reordered: c is now first and a last.
-    before = _versions(env, ITEMS)
-    (env.ledgers / "items.json").write_text('["c", "d", "b", "a"]')
-    deadline = time.monotonic() + 120
-    while _versions(env, ITEMS) == before:
-        assert time.monotonic() < deadline, "the DAG processor never re-parsed the new list"
-        time.sleep(1)
-
-    run2 = env.run(ITEMS)
-    states2 = env.api.task_states(ITEMS, run2)
-    # Map index 0 is now c: the only item that runs; a, b, d skip whatever their new position.
-    assert states2 == {
-        ("process", 0): "success",
-        ("process", 1): "skipped",
-        ("process", 2): "skipped",
-        ("process", 3): "skipped",
-    }
-    assert ran(ledger(env.ledgers, ITEMS), run2) == ["item:c"]
-    assert sorted(ran(ledger(env.ledgers, ITEMS), run1)) == ["item:a", "item:b", "item:d"]
