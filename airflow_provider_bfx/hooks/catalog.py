@@ -139,9 +139,10 @@ def _confirm_not_defined(conn_id: str) -> Any | None:
         try:
             conn = backend.get_connection(conn_id=conn_id)
         except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CatalogConnectionLookupError(
                 f"Looking up the BFX catalog connection {conn_id!r} failed in the secrets"
-                f" backend {type(backend).__name__}: {exc}. The embedded SQLite catalog is used"
+                f" backend {type(backend).__name__}: {first}. The embedded SQLite catalog is used"
                 f" only when the connection is defined nowhere, so nothing runs until the"
                 f" lookup works (check that backend, or the API server a task asks)."
             ) from exc
