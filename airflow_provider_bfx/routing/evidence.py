@@ -67,23 +67,29 @@ def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: st
     for run in runs:
         try:
             dag_run_state = state_text(ti.get_dagrun_state(dag_id=dag_id, run_id=run.run_id))
-            task_ids = set(run.task_ids)
-            if run.settled:
-                if dag_run_state != RUN_FAILED:
-                    continue  # Airflow agrees with a batch that closed cleanly
-                task_ids = set(store.task_ids_of_batch(run.batch_execution_id))
+        except Exception as exc:
+            _unreadable(dag_id, run.run_id, exc)
+            continue
+        task_ids = set(run.task_ids)
+        if run.settled:
+            if dag_run_state != RUN_FAILED:
+                continue  # Airflow agrees with a batch that closed cleanly
+            task_ids = set(store.task_ids_of_batch(run.batch_execution_id))  # catalog: propagates
+        try:
             states = task_states_of_run(ti, dag_id, run.run_id, task_ids)
         except Exception as exc:
-            log.warning(
-                "bfx: could not read Airflow's record of DAG run %s/%s (%s); its catalog rows"
-                " stay as they are",
-                dag_id,
-                run.run_id,
-                exc,
-            )
+            _unreadable(dag_id, run.run_id, exc)
             continue
-        found.append(
-            RunEvidence(run.run_id, None if dag_run_state is None else str(dag_run_state), states)
-        )
+        found.append(RunEvidence(run.run_id, dag_run_state, states))
     if found:
         store.adopt_airflow_states(dag_id, found)
+
+
+def _unreadable(dag_id: str, run_id: str, exc: Exception) -> None:
+    log.warning(
+        "bfx: could not read Airflow's record of DAG run %s/%s (%s); its catalog rows stay as"
+        " they are",
+        dag_id,
+        run_id,
+        exc,
+    )
