@@ -24,7 +24,7 @@ from airflow_provider_bfx.catalog.migrate import (
 )
 from airflow_provider_bfx.cli.main import main
 
-from .test_migrations import catalog_engine, install_migrations_with_0002, prefix
+from .test_migrations import catalog_engine, prefix
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -107,7 +107,7 @@ def test_init_creates_the_catalog_then_says_it_is_already_initialised(
     code, out, err = run_main(capsys, "catalog", "init", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"initialised the catalog at {shown(catalog_url)}: revision (none) -> 0001\n"
+    assert out == f"initialised the catalog at {shown(catalog_url)}: revision (none) -> 0002\n"
     with catalog_engine(catalog_url) as engine:
         check_schema(engine)
 
@@ -115,7 +115,7 @@ def test_init_creates_the_catalog_then_says_it_is_already_initialised(
 
     assert (code, err) == (0, "")
     assert out == (
-        f"the catalog at {shown(catalog_url)} is already initialised (revision 0001); no change\n"
+        f"the catalog at {shown(catalog_url)} is already initialised (revision 0002); no change\n"
     )
 
 
@@ -125,21 +125,19 @@ def test_upgrade_creates_an_empty_catalog_and_is_then_a_no_op(
     code, out, err = run_main(capsys, "catalog", "upgrade", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision (none) -> 0001\n"
+    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision (none) -> 0002\n"
 
     code, out, err = run_main(capsys, "catalog", "upgrade", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"the catalog at {shown(catalog_url)} is already at revision 0001; no change\n"
+    assert out == f"the catalog at {shown(catalog_url)} is already at revision 0002; no change\n"
 
 
 def test_an_older_catalog_init_names_upgrade_and_upgrade_brings_it_up(
     capsys: pytest.CaptureFixture[str],
     catalog_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    install_migrations_with_0002(tmp_path, monkeypatch)
+    # The shipped 0001 is older than the shipped head 0002.
     with catalog_engine(catalog_url) as engine:
         upgrade(engine, "0001")
 
@@ -239,7 +237,7 @@ def test_init_through_an_airflow_connection(
     assert (code, err) == (0, "")
     assert out == (
         f"initialised the catalog at sqlite:///{db_file} (Airflow connection bfx_cli_test): "
-        "revision (none) -> 0001\n"
+        "revision (none) -> 0002\n"
     )
     with catalog_engine(f"sqlite:///{db_file}") as engine:
         check_schema(engine)
@@ -307,7 +305,7 @@ def test_console_script_init_creates_a_sqlite_catalog(tmp_path: Path) -> None:
     result = run_bfx(bfx_command(), "catalog", "init", "--url", url, home=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"initialised the catalog at {url}: revision (none) -> 0001\n"
+    assert result.stdout == f"initialised the catalog at {url}: revision (none) -> 0002\n"
     assert result.stderr == ""
     engine = create_catalog_engine(url)
     try:

@@ -275,7 +275,7 @@ def test_forty_tasks_end_concurrently_without_lost_stamping(
     assert errors == Counter({by_task[t].ExecutionID: 1 for t in failing})
     assert catalog.duplicate_external_ids() == []
     packages = catalog.package_names()
-    assert packages == Counter([dag_id] + [f"{dag_id}.t{n:02d}" for n in range(TASKS)])
+    assert packages == Counter([dag_id] + [f"{dag_id}/t{n:02d}" for n in range(TASKS)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_racing_first_task_of_a_new_run_creates_one_batch(
     (batch,) = _batch_rows(rows)
     assert (batch.ExecutionStatus, batch.NextLoadStatus) == ("E", "C")
     assert {a["batch_execution_id"] for a in answers} == {batch.ExecutionID}
-    assert catalog.package_names() == Counter([dag_id, f"{dag_id}.first"])
+    assert catalog.package_names() == Counter([dag_id, f"{dag_id}/first"])
     assert catalog.duplicate_external_ids() == []
     tasks = _task_rows(rows)
 
@@ -414,7 +414,7 @@ def test_overlapping_runs_never_run_one_package_twice(
     batches = _batch_rows(catalog.rows(dag_id))
     assert [b.ExecutionStatus for b in batches] == ["E"] * WORKERS
     assert len({b.LineageID for b in batches}) == WORKERS  # fresh lineages: overlapping runs
-    catalog.store.set_package(f"{dag_id}.load", enabled=True)  # registered: no insert race
+    catalog.store.set_package(dag_id, "load", enabled=True)  # registered: no insert race
 
     answers = _start_all(workers, catalog, dag_id, run_ids, "load", [1] * WORKERS)
 

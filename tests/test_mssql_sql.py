@@ -346,7 +346,7 @@ def workload(store: CatalogStore, clock: FakeClock, rec: Recorder) -> list[tuple
     assert r5 != r4
 
     # Disabled packages: a task's, then the DAG's.
-    call("set_package", store.set_package, f"{DAG}.t_i", enabled=False)
+    call("set_package", store.set_package, DAG, "t_i", enabled=False)
     i = call("start_task", store.start_task, spec("r5", "t_i"))
     assert (i.run, i.status.value) == (Run.SKIP, C)
     call("set_package", store.set_package, DAG, enabled=False)

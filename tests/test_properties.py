@@ -1116,12 +1116,12 @@ def test_disabling_a_task_for_one_run_keeps_its_restart_instruction(
     land_copy(s, first)
     s.end_task(first.execution_id, TaskOutcome.FINAL_FAILURE, error_message="compute failed")
     s.end_batch(DAG, "run_0", succeeded=False)
-    s.set_package(f"{DAG}.load", enabled=False)
+    s.set_package(DAG, "load", enabled=False)
     skipped = s.start_task(try_spec(run_spec(1), "load"))
     assert (skipped.run, skipped.status.value) == (Run.SKIP, "C")
     assert any("[BFX_PACKAGE_DISABLED]" in line for line in skipped.log_lines)
     s.end_batch(DAG, "run_1", succeeded=False)
-    s.set_package(f"{DAG}.load", enabled=True)
+    s.set_package(DAG, "load", enabled=True)
 
     again = s.start_task(try_spec(run_spec(2), "load"))
 

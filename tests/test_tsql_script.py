@@ -119,6 +119,19 @@ def parse(script: str) -> Script:
                 pytest.fail(f"unrecognised line in CREATE TABLE {t.name}: {line!r}")
         tables[t.name] = t
         order.append(t.name)
+    # Later revisions change tables with ALTER TABLE: apply them, so that the tables below are
+    # what the whole script leaves behind.
+    for m in re.finditer(
+        rf"^ALTER TABLE {SCHEMA_NAME}\.(\[?\w+\]?) (ADD|ALTER COLUMN) (\[?\w+\]?) "
+        r"(\w+(?:\((?:\d+|max)\))?)(.*);$",
+        script,
+        re.M,
+    ):
+        t = tables[_ident(m.group(1))]
+        name = _ident(m.group(3))
+        assert (m.group(2) == "ADD") == (name not in t.columns), f"{t.name}.{name}: {m.group(0)}"
+        t.columns[name] = f"{m.group(3)} {m.group(4)}{m.group(5)}"
+        t.types[name] = m.group(4)
     indexes = {
         m.group(2): (_ident(m.group(3)), _cols(m.group(4)))
         for m in re.finditer(
@@ -249,11 +262,15 @@ def test_batches_schema_first_and_one_transaction_around_tables_and_version(
     )
     text = script.text
     begin = text.index("BEGIN TRANSACTION;")
-    version_row = text.index(f"INSERT INTO {SCHEMA_NAME}.{VERSION_TABLE} (version_num)")
+    # The last write to the version table records the head, after every change of schema.
+    version_row = text.rindex(f"{SCHEMA_NAME}.{VERSION_TABLE} SET version_num=")
     commit = text.rindex("COMMIT;")
-    creates = [m.start() for m in re.finditer(r"^CREATE (TABLE|(UNIQUE )?INDEX) ", text, re.M)]
-    assert creates and begin < min(creates) and max(creates) < version_row < commit
-    assert f"VALUES ('{head_revision()}')" in text[version_row:commit]
+    changes = [
+        m.start()
+        for m in re.finditer(r"^(CREATE (TABLE|(UNIQUE )?INDEX)|ALTER TABLE) ", text, re.M)
+    ]
+    assert changes and begin < min(changes) and max(changes) < version_row < commit
+    assert f"version_num='{head_revision()}'" in text[version_row:commit]
     for batch in body:
         assert not re.search(r"^GO\b", batch, re.M), "GO must stand alone on its line"
 

@@ -16,12 +16,48 @@ NO_ITEM = ""  # ItemFingerprint of a task that is not mapped
 COPY_NODE = "copy"  # NodeKey of the checkpoint that says a copy step landed its data
 
 
-def batch_package_name(dag_id: str) -> str:
-    return dag_id
+#: The longest ``dag_id``, ``task_id`` and ``run_id`` Airflow accepts, and the catalog holds.
+AIRFLOW_ID_LIMIT = 250
 
 
-def task_package_name(dag_id: str, task_id: str) -> str:
-    return f"{dag_id}.{task_id}"
+class CatalogIdError(ValueError):
+    """An Airflow id the catalog cannot hold: refused before any work, naming the limit."""
+
+
+def package_name(dag_id: str, task_id: str | None = None) -> str:
+    """``PackageName``: the ``dag_id`` for a batch package, ``dag_id/task_id`` for a task.
+
+    Derived from the identity (``DagId``, ``TaskId``) and never split back into it. ``/`` never
+    occurs in an Airflow id (``.`` does, in task groups and DAG ids), so the name is unambiguous;
+    the catalog keys every lookup on the identity columns all the same (DESIGN.md §3).
+    """
+    return dag_id if task_id is None else f"{dag_id}/{task_id}"
+
+
+def check_airflow_ids(dialect: str, **ids: str | None) -> None:
+    """Refuse an id the catalog's columns cannot hold, before any work.
+
+    Airflow limits ``dag_id``, ``task_id`` and ``run_id`` to 250 characters; so do the catalog's
+    columns. SQL Server counts ``NVARCHAR`` lengths in UTF-16 code units, so there a character
+    outside the Basic Multilingual Plane counts twice: an id of such characters that Airflow
+    accepts can still be too long for a SQL Server catalog, and is named here rather than failing
+    as a truncation error halfway through a transition.
+    """
+    for kind, value in ids.items():
+        if value is None:
+            continue
+        if "/" in value and kind != "run_id":  # a run_id's "/" is harmless: parsed from the right
+            raise CatalogIdError(
+                f"{kind} {value[:80]!r} contains '/', which Airflow never allows in an id and"
+                " the catalog uses to build PackageName: rename it"
+            )
+        length = len(value.encode("utf-16-le")) // 2 if dialect == "mssql" else len(value)
+        if length > AIRFLOW_ID_LIMIT:
+            unit = "UTF-16 code units on SQL Server" if dialect == "mssql" else "characters"
+            raise CatalogIdError(
+                f"{kind} {value[:80]!r}... is {length} {unit} long; the catalog holds ids of at"
+                f" most {AIRFLOW_ID_LIMIT} {unit} (Airflow's own limit): shorten it"
+            )
 
 
 def batch_external_id(dag_id: str, run_id: str) -> str:

@@ -20,7 +20,6 @@ from sqlalchemy import Connection, delete, func, select, update
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
     ACTIVE_STATUSES,
-    TERMINAL_STATUSES,
     CheckpointType,
     ExecutionStatus,
     NextLoadStatus,
@@ -30,10 +29,9 @@ from airflow_provider_bfx.catalog.codes import (
     parse_status,
 )
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run
-from airflow_provider_bfx.catalog.store import CatalogStore
+from airflow_provider_bfx.catalog.store import CatalogStore, decides
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
-_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -89,9 +87,7 @@ def plan(
     def work(conn: Connection) -> Plan:
         now = store.clock()
         E, P = store.s.Execution, store.s.Package
-        pkg = conn.execute(
-            select(P).where(P.c.PackageName == keys.batch_package_name(dag_id))
-        ).first()
+        pkg = conn.execute(store._package_query(dag_id, None)).first()
         if pkg is None:
             return Plan(dag_id, False, False, None, None, 1, "never run under the catalog", None)
         previous = store._previous_batch(conn, pkg.PackageID, now)
@@ -124,7 +120,7 @@ def plan(
             reconcile=reconcile,
         )
         packages = conn.execute(
-            select(P).where(P.c.ParentPackageID == pkg.PackageID).order_by(P.c.PackageName)
+            select(P).where(P.c.DagId == dag_id, P.c.TaskId.is_not(None)).order_by(P.c.TaskId)
         ).all()
         ids = [p.PackageID for p in packages]
         priors: dict[tuple[int, str], Any] = {}
@@ -136,11 +132,14 @@ def plan(
                 .order_by(E.c.ExecutionID)
             ).all()
             for r in rows:
-                key = (r.PackageID, r.ItemFingerprint)
-                map_index[key] = r.MapIndex
-                never_ran = r.LeaseOwner is None and r.NextLoadStatus == "P"
-                if r.ExecutionStatus in _TERMINAL and not never_ran:
-                    priors[key] = r
+                map_index[(r.PackageID, r.ItemFingerprint)] = r.MapIndex
+            # The rows that decide: the same rule the task start applies (store.decides).
+            for r in conn.execute(
+                select(E)
+                .where(E.c.LineageID == lineage, E.c.PackageID.in_(ids), decides(E))
+                .order_by(E.c.ExecutionID)
+            ):
+                priors[(r.PackageID, r.ItemFingerprint)] = r
         # The latest copy checkpoint of each task and item in the lineage, and its writer: a
         # compute-only restart reuses that writer's audit ID (as the task start does).
         landed: dict[tuple[int, str], machine.LandedCopy] = {}
@@ -170,7 +169,6 @@ def plan(
                 select(E).where(E.c.PackageID.in_(ids), E.c.ExecutionStatus.in_(_ACTIVE))
             ):
                 actives[(r.PackageID, r.ItemFingerprint)].append(r)
-        prefix = f"{dag_id}."
         for p in packages:
             items = sorted({fp for (pid, fp) in [*priors, *actives] if pid == p.PackageID}) or [
                 keys.NO_ITEM
@@ -181,7 +179,7 @@ def plan(
                     _plan_task(
                         store,
                         p,
-                        p.PackageName.removeprefix(prefix),
+                        p.TaskId,
                         map_index.get(key) if item != keys.NO_ITEM else None,
                         key,
                         priors.get(key),
@@ -354,17 +352,12 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
     def work(conn: Connection) -> ResetResult:
         now = store.clock()
         E, P, C = store.s.Execution, store.s.Package, store.s.ExecutionCheckpoint
-        pkg = conn.execute(
-            store._lock(select(P).where(P.c.PackageName == keys.batch_package_name(dag_id)), P)
-        ).first()
+        pkg = conn.execute(store._lock(store._package_query(dag_id, None), P)).first()
         if pkg is None:
             raise LookupError(f"DAG {dag_id!r} has never run under this catalog: nothing to reset")
-        latest = conn.execute(
-            select(E)
-            .where(E.c.PackageID == pkg.PackageID)
-            .order_by(E.c.ExecutionID.desc())
-            .limit(1)
-        ).first()
+        # The batch the next run would decide from (the batch start's own rule), not merely the
+        # latest: a run made while the DAG was disabled decides nothing.
+        latest = conn.execute(store.deciding_batch_query(pkg.PackageID)).first()
         if latest is None:
             return ResetResult(dag_id, task_id, 0, 0, "no batch yet: the next run starts fresh")
         if latest.ExecutionStatus in _ACTIVE:
@@ -400,20 +393,17 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
             return ResetResult(
                 dag_id, None, changed, 0, f"the next run of {dag_id} starts a fresh lineage"
             )
-        name = keys.task_package_name(dag_id, task_id)
-        tp = conn.execute(select(P).where(P.c.PackageName == name)).first()
+        tp = conn.execute(store._package_query(dag_id, task_id)).first()
         if tp is None:
             raise LookupError(f"task {task_id!r} of DAG {dag_id!r} is not in the catalog")
         lineage = latest.LineageID
+        # The rows that decide each item's next start: the task start's own rule.
         rows = conn.execute(
             select(E)
-            .where(E.c.LineageID == lineage, E.c.PackageID == tp.PackageID)
+            .where(E.c.LineageID == lineage, E.c.PackageID == tp.PackageID, decides(E))
             .order_by(E.c.ExecutionID)
         ).all()
-        latest_per_item: dict[str, Any] = {}
-        for r in rows:
-            if r.ExecutionStatus in _TERMINAL:
-                latest_per_item[r.ItemFingerprint] = r
+        latest_per_item: dict[str, Any] = {r.ItemFingerprint: r for r in rows}
         changed = 0
         discarded = 0
         for item, r in latest_per_item.items():

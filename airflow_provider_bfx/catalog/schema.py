@@ -52,10 +52,11 @@ SUPPORTED_DIALECTS = ("postgresql", "mssql", "sqlite")
 
 # Lengths chosen so that every unique key fits SQL Server's 1,700-byte nonclustered index limit
 # (NVARCHAR stores two bytes a character) while holding Airflow's own limits (dag_id, task_id and
-# run_id are at most 250 characters each).
-_NAME_LEN = 500  # dag_id "." task_id
-_EXTERNAL_ID_LEN = 800  # dag_id/run_id/task_id/map_index/try_number
-_AIRFLOW_ID_LEN = 250
+# run_id are at most 250 characters each; see keys.AIRFLOW_ID_LIMIT).
+AIRFLOW_ID_LEN = 250
+PACKAGE_NAME_LEN = 2 * AIRFLOW_ID_LEN + 1  # dag_id "/" task_id
+_OBJECT_NAME_LEN = 500
+_EXTERNAL_ID_LEN = 800  # dag_id/run_id/task_id/map_index/try_number (at most ~775)
 _FINGERPRINT_LEN = 64  # sha256 hex
 _SCOPE_KEY_LEN = 200
 _NODE_KEY_LEN = 200
@@ -134,7 +135,7 @@ def build_schema(dialect: str) -> CatalogSchema:
         n("Package"),
         md,
         pk("PackageID"),
-        col("PackageName", Unicode(_NAME_LEN), nullable=False),
+        col("PackageName", Unicode(PACKAGE_NAME_LEN), nullable=False),
         col("ParentPackageID", BigInteger, fk("Package", "PackageID"), nullable=True),
         is_batch,
         is_enabled,
@@ -142,10 +143,16 @@ def build_schema(dialect: str) -> CatalogSchema:
         col("MaxResumeAge", Integer, nullable=True),
         col("CreatedAt", UtcDateTime, nullable=False, server_default=now),
         col("UpdatedAt", UtcDateTime, nullable=False, server_default=now),
+        # The identity (DESIGN.md §3); PackageName is derived from it, never split back into it.
+        # Last, where migration 0002 added them, so that the columns read as the database has them.
+        col("DagId", Unicode(AIRFLOW_ID_LEN), nullable=False),
+        col("TaskId", Unicode(AIRFLOW_ID_LEN), nullable=True),  # NULL: the DAG's batch package
         ck_batch,
         ck_enabled,
         UniqueConstraint("PackageName", name="uq_package_packagename"),
         Index("ix_package_parent", "ParentPackageID"),
+        # Every package lookup is keyed on the identity (migration 0002).
+        Index("uq_package_dagid_taskid", "DagId", "TaskId", unique=True),
     )
 
     active_task = f"{n('TaskId')} IS NOT NULL AND {n('ExecutionStatus')} IN ('E', 'R', 'D')"
@@ -167,9 +174,9 @@ def build_schema(dialect: str) -> CatalogSchema:
         col("LeaseExpiresAt", UtcDateTime, nullable=True),
         col("StartTime", UtcDateTime, nullable=False, server_default=now),
         col("EndTime", UtcDateTime, nullable=True),
-        col("DagId", Unicode(_AIRFLOW_ID_LEN), nullable=False),
-        col("RunId", Unicode(_AIRFLOW_ID_LEN), nullable=False),
-        col("TaskId", Unicode(_AIRFLOW_ID_LEN), nullable=True),
+        col("DagId", Unicode(AIRFLOW_ID_LEN), nullable=False),
+        col("RunId", Unicode(AIRFLOW_ID_LEN), nullable=False),
+        col("TaskId", Unicode(AIRFLOW_ID_LEN), nullable=True),
         col("MapIndex", Integer, nullable=True),
         col("TryNumber", Integer, nullable=True),
         # Not named in DESIGN.md §3; added because the decision queries need them (see
@@ -262,7 +269,7 @@ def build_schema(dialect: str) -> CatalogSchema:
         md,
         pk("RowCountID"),
         col("ExecutionID", BigInteger, fk("Execution", "ExecutionID"), nullable=False),
-        col("ObjectName", Unicode(_NAME_LEN), nullable=False),
+        col("ObjectName", Unicode(_OBJECT_NAME_LEN), nullable=False),
         col("CountType", String(50), nullable=False),
         col("RecordCount", BigInteger, nullable=False),
         col("CreatedAt", UtcDateTime, nullable=False, server_default=now),

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Select,
@@ -134,10 +135,6 @@ class TaskSpec:
         return keys.task_external_id(
             self.batch.dag_id, self.batch.run_id, self.task_id, self.map_index, self.try_number
         )
-
-    @property
-    def package_name(self) -> str:
-        return keys.task_package_name(self.batch.dag_id, self.task_id)
 
 
 @dataclass(frozen=True)
@@ -363,20 +360,48 @@ class CatalogStore:
 
     # -- packages -----------------------------------------------------------------------------
 
+    def _package_query(self, dag_id: str, task_id: str | None) -> Select[Any]:
+        """The package of a DAG (``task_id`` None) or of one of its tasks, by its identity."""
+        P = self.s.Package
+        task = P.c.TaskId.is_(None) if task_id is None else P.c.TaskId == task_id
+        return select(P).where(P.c.DagId == dag_id, task)
+
     def _ensure_package(
         self,
         conn: Connection,
-        name: str,
+        dag_id: str,
+        task_id: str | None,
         *,
-        is_batch: bool,
         parent_id: int | None,
         retry_limit: int | None = None,
         max_resume_age: int | None = None,
     ) -> Any:
-        P = self.s.Package
-        row = conn.execute(select(P).where(P.c.PackageName == name)).first()
+        """The package row of (``dag_id``, ``task_id``), registered on first sight.
+
+        A package that has executions but no row was deleted by hand (the foreign key stops
+        that unless it is switched off, as in the ``sqlite3`` shell): recreating it would start
+        its history over in silence, so the row is named instead.
+        """
+        P, E = self.s.Package, self.s.Execution
+        row = conn.execute(self._package_query(dag_id, task_id)).first()
         if row is not None:
             return row
+        task = E.c.TaskId.is_(None) if task_id is None else E.c.TaskId == task_id
+        orphan = conn.execute(
+            select(E.c.ExecutionID, E.c.PackageID)
+            .where(E.c.DagId == dag_id, task)
+            .order_by(E.c.ExecutionID)
+            .limit(1)
+        ).first()
+        if orphan is not None:
+            what = f"DAG {dag_id!r}" + ("" if task_id is None else f" task {task_id!r}")
+            raise CatalogStateError(
+                f"{self.s.qualified(P)} has no row for {what}, but"
+                f" {self.s.qualified(E)} row ExecutionID={orphan.ExecutionID} ran it under"
+                f" PackageID={orphan.PackageID}: the Package row was deleted by hand. Restore"
+                f" it (PackageID={orphan.PackageID}, DagId={dag_id!r}, TaskId={task_id!r}),"
+                " or delete that package's executions too to start its history over"
+            )
         now = self.clock()
         settings: dict[str, Any] = {}
         if retry_limit is not None:
@@ -385,16 +410,18 @@ class CatalogStore:
             settings["MaxResumeAge"] = max_resume_age
         conn.execute(
             insert(P).values(
-                PackageName=name,
+                PackageName=keys.package_name(dag_id, task_id),
+                DagId=dag_id,
+                TaskId=task_id,
                 ParentPackageID=parent_id,
-                IsBatch=1 if is_batch else 0,
+                IsBatch=1 if task_id is None else 0,
                 IsEnabled=1,
                 CreatedAt=now,
                 UpdatedAt=now,
                 **settings,
             )
         )
-        return conn.execute(select(P).where(P.c.PackageName == name)).one()
+        return conn.execute(self._package_query(dag_id, task_id)).one()
 
     # -- batch start --------------------------------------------------------------------------
 
@@ -404,8 +431,8 @@ class CatalogStore:
         E, P = self.s.Execution, self.s.Package
         pkg = self._ensure_package(
             conn,
-            keys.batch_package_name(spec.dag_id),
-            is_batch=True,
+            spec.dag_id,
+            None,
             parent_id=None,
             retry_limit=spec.default_retry_limit,
             max_resume_age=spec.default_max_resume_age,
@@ -537,12 +564,12 @@ class CatalogStore:
             return None
         return int(conn.execute(select(self._next_id_column())).scalar_one())
 
-    def _previous_batch(
-        self, conn: Connection, package_id: int, now: datetime, *, parent: _Parent | None = None
-    ) -> machine.PreviousBatch | None:
+    def deciding_batch_query(self, package_id: int) -> Select[Any]:
+        """The batch execution of a DAG package that decides its next run (the one home of this
+        rule: batch start, ``bfx plan`` and ``bfx reset`` all use it). A run skipped because the
+        DAG was disabled decides nothing: the batch before it does."""
         E = self.s.Execution
-        # A run skipped because the DAG was disabled decides nothing: the batch before it does.
-        latest = (
+        return (
             select(E)
             .where(
                 E.c.PackageID == package_id, E.c.ExecutionStatus != ExecutionStatus.SKIPPED.value
@@ -550,6 +577,12 @@ class CatalogStore:
             .order_by(E.c.ExecutionID.desc())
             .limit(1)
         )
+
+    def _previous_batch(
+        self, conn: Connection, package_id: int, now: datetime, *, parent: _Parent | None = None
+    ) -> machine.PreviousBatch | None:
+        E = self.s.Execution
+        latest = self.deciding_batch_query(package_id)
         row = None
         if parent is not None:
             # A nested batch: the latest batch of this DAG triggered from the same lineage of
@@ -615,6 +648,7 @@ class CatalogStore:
 
     def start_batch(self, spec: BatchSpec) -> int:
         """Start (or find) the batch execution of a DAG run; returns its ExecutionID."""
+        keys.check_airflow_ids(self.dialect, dag_id=spec.dag_id, run_id=spec.run_id)
 
         def work(conn: Connection) -> tuple[int, list[str]]:
             lines = self._start_batch(conn, spec, self.clock())
@@ -634,7 +668,7 @@ class CatalogStore:
     def _task_facts(self) -> Select[Any]:
         """The task-start facts query, built once per store: constructing it costs milliseconds
         of Python (seven aliases, ~170 columns), more than the statement itself takes to run.
-        Parameters: ``p_item``, ``p_package``, ``p_task_key``, ``p_batch_key``."""
+        Parameters: ``p_item``, ``p_dag``, ``p_task``, ``p_task_key``, ``p_batch_key``."""
         E, P = self.s.Execution, self.s.Package
         b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
         x, a, p = E.alias("x"), E.alias("a"), E.alias("p")
@@ -645,11 +679,7 @@ class CatalogStore:
                 inner.c.LineageID == b.c.LineageID,
                 inner.c.PackageID == tp.c.PackageID,
                 inner.c.ItemFingerprint == bindparam("p_item"),
-                inner.c.ExecutionStatus.in_(_TERMINAL),
-                # A start that never ran and carries no instruction (refused A/P, disabled C/P,
-                # a skip row whose C was reset when its lineage closed) decides nothing: the
-                # instruction before it stands (docs/decisions/0008).
-                or_(inner.c.LeaseOwner.is_not(None), inner.c.NextLoadStatus != "P"),
+                decides(inner),
             )
             .scalar_subquery()
         )
@@ -714,7 +744,9 @@ class CatalogStore:
         ]
         frm = (
             b.join(bp, bp.c.PackageID == b.c.PackageID)
-            .outerjoin(tp, tp.c.PackageName == bindparam("p_package"))
+            .outerjoin(
+                tp, and_(tp.c.DagId == bindparam("p_dag"), tp.c.TaskId == bindparam("p_task"))
+            )
             .outerjoin(x, x.c.ExternalExecutionID == bindparam("p_task_key"))
             .outerjoin(
                 a,
@@ -740,13 +772,17 @@ class CatalogStore:
     def _task_facts_params(spec: TaskSpec) -> dict[str, Any]:
         return {
             "p_item": spec.item_fingerprint,
-            "p_package": spec.package_name,
+            "p_dag": spec.batch.dag_id,
+            "p_task": spec.task_id,
             "p_task_key": spec.external_id,
             "p_batch_key": spec.batch.external_id,
         }
 
     def start_task(self, spec: TaskSpec) -> TaskStarted:
         """The gate: decide whether this try of the task runs, restarts compute only, or skips."""
+        keys.check_airflow_ids(
+            self.dialect, dag_id=spec.batch.dag_id, run_id=spec.batch.run_id, task_id=spec.task_id
+        )
         started = self._transact(lambda conn: self._start_task(conn, spec), "task start")
         _log_lines(started.log_lines)
         return started
@@ -789,7 +825,7 @@ class CatalogStore:
         package_enabled = bool(f["tp_enabled"]) if package_id is not None else True
         if package_id is None:
             package_id = self._ensure_package(
-                conn, spec.package_name, is_batch=False, parent_id=f["b_package"]
+                conn, spec.batch.dag_id, spec.task_id, parent_id=f["b_package"]
             ).PackageID
         lineage_id = int(f["b_lineage"])
 
@@ -1540,18 +1576,22 @@ class CatalogStore:
 
     def set_package(
         self,
-        name: str,
+        dag_id: str,
+        task_id: str | None = None,
         *,
         enabled: bool | None = None,
         retry_limit: int | None = None,
         max_resume_age: int | None | type[_Unset] = _Unset,
     ) -> None:
-        """Change a package's settings (creating it when it is not registered yet)."""
+        """Change the settings of a DAG's package (``task_id`` None) or of one of its tasks,
+        registering it when it is not yet (a task's under its DAG's package)."""
 
         def work(conn: Connection) -> None:
             P = self.s.Package
-            is_batch = "." not in name
-            self._ensure_package(conn, name, is_batch=is_batch, parent_id=None)
+            parent_id = None
+            if task_id is not None:
+                parent_id = self._ensure_package(conn, dag_id, None, parent_id=None).PackageID
+            pkg = self._ensure_package(conn, dag_id, task_id, parent_id=parent_id)
             values: dict[str, Any] = {"UpdatedAt": self.clock()}
             if enabled is not None:
                 values["IsEnabled"] = 1 if enabled else 0
@@ -1559,7 +1599,7 @@ class CatalogStore:
                 values["RetryLimit"] = retry_limit
             if max_resume_age is not _Unset:
                 values["MaxResumeAge"] = max_resume_age
-            conn.execute(update(P).where(P.c.PackageName == name).values(**values))
+            conn.execute(update(P).where(P.c.PackageID == pkg.PackageID).values(**values))
 
         self._transact(work, "package update")
 
@@ -1579,6 +1619,24 @@ class CatalogStore:
         return self._transact(
             lambda conn: conn.execute(query.order_by(E.c.ExecutionID)).all(), "read"
         )
+
+
+def decides(row: Any) -> ColumnElement[bool]:
+    """Whether execution ``row`` (an ``Execution`` table or alias) may decide the next start of
+    its task and item in its lineage; the latest such row does. The one home of this rule: the
+    task start's facts query, ``bfx plan`` and ``bfx reset`` all use it.
+
+    An active row decides nothing (it is running, or its lease decides). A start that never ran
+    and carries no instruction (refused A/P, disabled C/P, a skip row whose C was reset when its
+    lineage closed) decides nothing either: the instruction before it stands
+    (docs/decisions/0008). Every other row decides, *including one whose status is not a known
+    code* (a hand edit with the CHECK constraint dropped): reading it names the row
+    (``CorruptRowError``) instead of passing over it and running the task again.
+    """
+    return and_(
+        row.c.ExecutionStatus.not_in(_ACTIVE),
+        or_(row.c.LeaseOwner.is_not(None), row.c.NextLoadStatus != NextLoadStatus.PENDING.value),
+    )
 
 
 def _flag(condition: Any) -> Any:
