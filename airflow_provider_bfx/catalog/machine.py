@@ -342,6 +342,9 @@ class ActiveExecution:
     attempt_number: int
     operator_fingerprint: str | None
     batch_succeeded: bool = False  # its batch already ended S: its lineage is closed
+    #: Its owner is a process of this host that no longer exists (DESIGN.md §5): the lease is
+    #: not live even before it expires (``lease_live`` is then False).
+    owner_dead: bool = False
 
 
 @dataclass(frozen=True)
@@ -550,13 +553,14 @@ def _abort_stale(a: ActiveExecution, now: datetime) -> Abort:
     else:
         nls = Nls.COMPUTE_ONLY if a.has_copy_checkpoint else Nls.RETRY
     ago = (now - a.lease_expires_at).total_seconds() if a.lease_expires_at else None
-    emit = Emit.of(
-        Token.LEASE_EXPIRED,
-        execution_id=a.execution_id,
-        lease_owner=a.lease_owner,
-        expired_seconds_ago=None if ago is None else round(ago, 1),
-        next_load_status=nls.value,
-    )
+    context: dict[str, object] = {
+        "execution_id": a.execution_id,
+        "lease_owner": a.lease_owner,
+        "expired_seconds_ago": None if ago is None else round(ago, 1),
+    }
+    if a.owner_dead:
+        context["owner_dead"] = True  # the lease had not lapsed: its process is gone
+    emit = Emit.of(Token.LEASE_EXPIRED, **context, next_load_status=nls.value)
     return Abort(a.execution_id, nls, emit)
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +59,11 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.liveness import (
+    owner_known_dead,
+    owner_of_this_process,
+    this_host,
+)
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run, TaskOutcome
 from airflow_provider_bfx.catalog.schema import CatalogSchema, build_schema
 
@@ -86,7 +89,7 @@ def utcnow() -> datetime:
 
 
 def default_lease_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return owner_of_this_process()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,13 +604,17 @@ class CatalogStore:
         if row is None:
             return None
         child = E.alias("child")
-        # Live anywhere in the lineage: a try of an earlier attempt may still be running.
-        live = exists().where(
-            child.c.LineageID == row.LineageID,
-            child.c.TaskId.is_not(None),
-            child.c.ExecutionStatus.in_(_ACTIVE),
-            child.c.LeaseExpiresAt > now,
-        )
+        # Live anywhere in the lineage: a try of an earlier attempt may still be running. The
+        # owners are read (few rows are active) so that one known dead does not count.
+        live_owners = conn.execute(
+            select(child.c.LeaseOwner).where(
+                child.c.LineageID == row.LineageID,
+                child.c.TaskId.is_not(None),
+                child.c.ExecutionStatus.in_(_ACTIVE),
+                child.c.LeaseExpiresAt > now,
+            )
+        ).scalars()
+        has_live = any(not owner_known_dead(owner) for owner in live_owners)
         failed = exists().where(
             child.c.ParentExecutionID == row.ExecutionID,
             child.c.ExecutionStatus.in_(["F", "A"]),
@@ -624,9 +631,8 @@ class CatalogStore:
             .where(trigger.c.ExecutionID == row.ParentExecutionID)
             .scalar_subquery()
         )
-        has_live, has_failed, lineage_started, triggered_from = conn.execute(
+        has_failed, lineage_started, triggered_from = conn.execute(
             select(
-                _flag(live).label("live"),
                 _flag(failed).label("failed"),
                 started.label("started"),
                 parent_lineage.label("parent_lineage"),
@@ -834,7 +840,10 @@ class CatalogStore:
                 execution_id=int(r.a_id),
                 lease_owner=r.a_owner,
                 lease_expires_at=r.a_expires,
-                lease_live=r.a_expires is not None and r.a_expires > now,
+                lease_live=r.a_expires is not None
+                and r.a_expires > now
+                and not owner_known_dead(r.a_owner),
+                owner_dead=owner_known_dead(r.a_owner),
                 has_copy_checkpoint=bool(r.a_copy),
                 in_this_lineage=r.a_lineage == lineage_id,
                 audit_id=r.a_audit,
@@ -1397,18 +1406,23 @@ class CatalogStore:
                 .label("batch_status"),
             ).where(
                 a.c.ExecutionStatus.in_(_ACTIVE),
-                a.c.LeaseExpiresAt <= now,
                 a.c.TaskId.is_not(None),
+                # Lapsed, or held by a process of this host, which may be known dead.
+                or_(a.c.LeaseExpiresAt <= now, a.c.LeaseOwner.startswith(f"{this_host()}:")),
             )
         ).all()
         out: list[ExpiredLease] = []
         for r in rows:
+            lapsed = r.LeaseExpiresAt is not None and r.LeaseExpiresAt <= now
+            if not lapsed and not owner_known_dead(r.LeaseOwner):
+                continue
             abort = machine.expire(
                 machine.ActiveExecution(
                     execution_id=r.ExecutionID,
                     lease_owner=r.LeaseOwner,
                     lease_expires_at=r.LeaseExpiresAt,
                     lease_live=False,
+                    owner_dead=not lapsed,
                     has_copy_checkpoint=bool(r.copy_landed),
                     in_this_lineage=True,
                     audit_id=r.AuditID,
@@ -1424,7 +1438,9 @@ class CatalogStore:
                 .where(
                     E.c.ExecutionID == r.ExecutionID,
                     E.c.ExecutionStatus.in_(_ACTIVE),
-                    E.c.LeaseExpiresAt <= now,
+                    # Not renewed (nor taken over) since it was read.
+                    E.c.LeaseOwner == r.LeaseOwner,
+                    E.c.LeaseExpiresAt == r.LeaseExpiresAt,
                 )
                 .values(
                     ExecutionStatus=ExecutionStatus.ABORTED.value,

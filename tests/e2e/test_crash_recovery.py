@@ -353,3 +353,54 @@ def test_a_live_lease_refuses_the_same_task_of_an_overlapping_dag_run(
     assert chunk_work == [(chunk(i), live.ExecutionID) for i in range(CHUNKS)]
     assert [w for w, _ in work].count("extract") == 2  # one per lineage
     assert [w for w, _ in work].count("publish") == 1  # run 1's only
+
+
+# -- 1b. SIGKILL, and a rerun while the dead process's lease is still live ----------------------
+
+
+def test_a_rerun_right_after_a_kill_resumes_because_the_lease_owner_is_dead(
+    catalog: Catalog,
+    work_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DESIGN.md §5: an owner ``host:pid`` on this host whose process no longer exists is dead
+    at once. Run 1 is SIGKILLed mid-``load`` with a 10-minute lease; run 2 starts at once,
+    minutes before that lease would lapse. It must not take run 1 for an overlapping run
+    (``BFX_CONCURRENT_BATCH``, a fresh lineage, ``extract`` run again): it aborts the dead row
+    (``BFX_LEASE_EXPIRED ... owner_dead=True``), resumes run 1's lineage and skips ``extract``."""
+    monkeypatch.setenv("AIRFLOW__BFX__LEASE_DURATION", "600")  # this process and the worker
+    monkeypatch.setenv("BFX_CRASH_CHUNK_SECONDS", "0.3")
+    date1 = next_logical_date()
+    log1 = tmp_path / "worker-1.log"
+
+    with worker_run(date1, log1) as worker:
+        wait_for(
+            "load to process a chunk",
+            lambda: any(w.startswith("chunk-") for w, _ in work_lines(work_dir)),
+            worker,
+            log1,
+        )
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
+
+    run1_id, _, _ = airflow_run(date1)
+    stale = catalog.task_rows(DAG_ID, run1_id)[("load", -1)]
+    assert stale.ExecutionStatus == "E"
+    assert (stale.LeaseExpiresAt - utcnow()).total_seconds() > 500  # far from lapsing
+    caplog.clear()
+    run2 = run_dag(DAG_ID)
+
+    assert run2.state == "success"
+    assert run2.state_of("extract") == "skipped"  # not repeated: the lineage resumed
+    log = bfx_log(caplog)
+    assert "[BFX_CONCURRENT_BATCH]" not in log
+    assert "[BFX_BATCH_RESUME]" in log
+    expired = [line for line in log.splitlines() if line.startswith("[BFX_LEASE_EXPIRED]")]
+    assert len(expired) == 1 and f"execution_id={stale.ExecutionID}" in expired[0], log
+    assert "owner_dead=True" in expired[0]
+    assert row_of(catalog, stale.ExecutionID).ExecutionStatus == "A"
+    batch2 = catalog.batch_row(DAG_ID, run2.run_id)
+    assert batch2.OriginalExecutionID == catalog.batch_row(DAG_ID, run1_id).ExecutionID
+    assert Counter(w for w, _ in work_lines(work_dir))["extract"] == 1
