@@ -57,7 +57,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import Engine, select
 
-from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog import keys, operations
 from airflow_provider_bfx.catalog.codes import CheckpointType, VersionMismatchPolicy
 from airflow_provider_bfx.catalog.engine import create_catalog_engine
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run, TaskOutcome
@@ -287,6 +287,11 @@ class CatalogMachine(RuleBasedStateMachine):
         self.sealed: dict[int, int] = {}
         self.skipped_completed: set[int] = set()  # rows of starts skipped as completed
         self.terminal_tick: dict[int, int] = {}  # execution -> tick it became terminal
+        # The operator's verbs: `bfx reset DAG` makes the next batch start fresh; `bfx reset DAG
+        # --task T` makes T's next start in that lineage a full rerun (R), for every row of it
+        # up to the newest execution at the reset.
+        self.reset_pending = False
+        self.reset_marks: dict[tuple[str, int], int] = {}  # (task_id, lineage) -> newest id
 
     def teardown(self) -> None:
         self.engine.dispose()
@@ -590,6 +595,112 @@ class CatalogMachine(RuleBasedStateMachine):
             assert e.next_load_status.value == r.nls
             assert "[BFX_LEASE_EXPIRED]" in e.log_line
 
+    # -- rules: the operator's verbs, and a run made while the DAG was disabled ---------------
+
+    def quiet(self) -> bool:
+        """The newest run has ended and no row is active: the moment an on-call engineer plans,
+        resets, or disables the DAG for a run."""
+        return (
+            bool(self.tasks)
+            and bool(self.runs)
+            and self.run.ended
+            and not any(r.active for r in self.snap.rows.values())
+        )
+
+    @precondition(lambda self: self.quiet())
+    @rule()
+    def disabled_run(self) -> None:
+        """A run made while the DAG was disabled: every task instance is skipped (C/P) without
+        running. It decides nothing for the runs after it (docs/decisions/0008)."""
+        self.store.set_package(DAG, enabled=False)
+        self.observe()
+        self.add_run(full_rerun=False, same_date=False, order=[0, 1, 2])
+        run = self.run
+        for ti in run.tis:
+            ti.tries += 1
+            started = self.store.start_task(self.task_spec(ti, ti.tries))
+            self.observe()
+            assert (started.run, started.status.value) == (Run.SKIP, "C")
+            assert "[BFX_PACKAGE_DISABLED]" in "\n".join(started.log_lines)
+            ti.executions.append(started.execution_id)
+            self.task_of[started.execution_id] = ti.task
+            run.batch_id = started.batch_execution_id
+        self.store.end_batch(DAG, run.spec.run_id, succeeded=True)
+        self.observe()
+        run.ended = True
+        self.store.set_package(DAG, enabled=True)
+        self.observe()
+
+    @precondition(lambda self: self.quiet())
+    @rule()
+    def reset_dag(self) -> None:
+        """`bfx reset DAG`: the next run starts fresh, and the plan says so at once."""
+        operations.reset(self.store, DAG)
+        self.observe()
+        plan = operations.plan(self.store, DAG, retry_limit=self.retry_limit)
+        assert not plan.resumes, f"after bfx reset the plan still resumes: {plan.reason}"
+        self.reset_pending = True
+
+    def ran_tasks(self) -> list[TaskDef]:
+        return sorted({t.task_id: t for t in self.task_of.values()}.values(), key=str)
+
+    @precondition(lambda self: self.quiet() and bool(self.task_of))
+    @rule(data=st.data())
+    def reset_task(self, data: st.DataObject) -> None:
+        """`bfx reset DAG --task T`, in the lineage the next run would resume."""
+        task = data.draw(st.sampled_from(self.ran_tasks()), label="task")
+        deciding = max(
+            (b for b in self.snap.batches if b.status != "C"), key=lambda b: b.id, default=None
+        )
+        result = operations.reset(self.store, DAG, task.task_id)
+        self.observe()
+        assert deciding is not None and deciding.lineage is not None
+        self.reset_marks[(task.task_id, deciding.lineage)] = max(self.snap.rows)
+        assert result.task_id == task.task_id
+
+    @precondition(lambda self: self.quiet())
+    @rule(full_rerun=st.sampled_from([False, False, True]), same_date=st.booleans())
+    def planned_run(self, full_rerun: bool, same_date: bool) -> None:
+        """`bfx plan`, then the run it plans, started at once: the batch resumes exactly when
+        the plan said so, and each task's first try starts as planned (same status, same
+        deciding execution). A branch is left out: the plan cannot know that it re-decides."""
+        self.add_run(full_rerun=full_rerun, same_date=same_date, order=[0, 1, 2])
+        spec = self.run.spec
+        plan = operations.plan(
+            self.store,
+            DAG,
+            full_rerun=full_rerun,
+            resume_scope=spec.resume_scope,
+            logical_date=spec.logical_date,
+            retry_limit=spec.retry_limit,
+        )
+        planned = {(t.task_id, t.item_fingerprint): t for t in plan.tasks}
+        for ti in self.run.tis:
+            if ti.task.decides_shape:
+                continue
+            ti.tries += 1
+            task_spec = self.task_spec(ti, ti.tries)
+            started = self.start_and_check(task_spec)
+            ti.executions.append(started.execution_id)
+            self.task_of[started.execution_id] = ti.task
+            self.run.batch_id = started.batch_execution_id
+            if started.run is Run.RUN:
+                self.running[started.execution_id] = Running(task_spec, started)
+                self.end_and_check(started.execution_id, TaskOutcome.SUCCESS)
+            batch = self.snap.rows[started.batch_execution_id]
+            assert plan.resumes == (batch.status == "R"), (plan.reason, batch)
+            entry = planned.get((ti.task.task_id, ti.item)) or planned.get(
+                (ti.task.task_id, keys.NO_ITEM)
+            )
+            if entry is None or not plan.resumes:
+                assert started.status.value == "E", (ti, started.reason)
+                continue
+            assert (entry.run, entry.status, entry.prior_execution_id) == (
+                started.run,
+                started.status,
+                started.prior_execution_id,
+            ), f"{ti.task.task_id}[{ti.item}] planned {entry}, started {started.reason}"
+
     # -- the checked store calls ------------------------------------------------------------
 
     def land_copy(self, execution_id: int) -> None:
@@ -723,6 +834,9 @@ class CatalogMachine(RuleBasedStateMachine):
             and not (r.owner is None and r.nls == "P")
         ]
         latest = max(mine, key=lambda r: r.id) if mine else None
+        mark = self.reset_marks.get((spec.task_id, lineage))
+        if latest is not None and mark is not None and latest.id <= mark:
+            return "R"  # `bfx reset DAG --task T`: T runs in full, whatever its rows said
         if latest is not None and not spec.decides_shape:
             # (a) The latest execution succeeded and its batch failed since the lineage last
             # closed (the stamping: C), or it is a skip as completed since then.
@@ -749,8 +863,10 @@ class CatalogMachine(RuleBasedStateMachine):
         logical date under resume_scope=logical_date, fewer than RetryLimit attempts, lineage
         younger than MaxResumeAge); otherwise it starts a fresh lineage."""
         new = after.rows[batch_id]
-        earlier = [b for b in before.batches]
-        if not earlier:
+        # A run made while the DAG was disabled (C) decides nothing: the batch before it does.
+        earlier = [b for b in before.batches if b.status != "C"]
+        reset, self.reset_pending = self.reset_pending, False
+        if not earlier or reset:
             resume = False
         else:
             prev_before = max(earlier, key=lambda b: b.id)

@@ -81,8 +81,14 @@ def plan(
     full_rerun: bool = False,
     resume_scope: ResumeScope = ResumeScope.LINEAGE,
     logical_date: datetime | None = None,
+    retry_limit: int | None = None,
 ) -> Plan:
-    """What the next run of ``dag_id`` will do, task by task, and why. Changes nothing."""
+    """What the next run of ``dag_id`` will do, task by task, and why. Changes nothing.
+
+    ``retry_limit`` overrides ``Package.RetryLimit`` as a DAG's own setting does at batch start.
+    A task that decides the shape of the run (a branch) is shown as its rows say; its run will
+    run it again whatever they say (DESIGN.md §4): the catalog does not know operator classes.
+    """
 
     def work(conn: Connection) -> Plan:
         now = store.clock()
@@ -96,7 +102,7 @@ def plan(
                 now=now,
                 package_enabled=bool(pkg.IsEnabled),
                 previous=previous,
-                retry_limit=int(pkg.RetryLimit),
+                retry_limit=retry_limit if retry_limit is not None else int(pkg.RetryLimit),
                 max_resume_age=pkg.MaxResumeAge,
                 full_rerun_requested=full_rerun,
                 resume_scope=resume_scope,
