@@ -12,7 +12,7 @@ from airflow.exceptions import AirflowNotFoundException
 from sqlalchemy import make_url, text
 
 from airflow_provider_bfx.hooks import catalog as catalog_hook_module
-from airflow_provider_bfx.hooks.catalog import BfxCatalogHook
+from airflow_provider_bfx.hooks.catalog import DEFAULT_CATALOG_CONN_ID, BfxCatalogHook
 
 EMBEDDED_NOTICE = "Using the embedded SQLite catalog at"
 
@@ -297,3 +297,28 @@ def test_get_store_wraps_the_catalog_engine(
     store = BfxCatalogHook("bfx_t_store").get_store()
 
     assert isinstance(store, CatalogStore)
+
+
+def test_the_hook_is_the_one_store_factory_and_deploys_the_embedded_catalog(
+    no_bfx_config: Path,
+) -> None:
+    """One store factory (issue 9): a store from the hook and one from the routing are built
+    alike, so the hook's store on the embedded catalog is deployed and ready, as the routing's."""
+    from airflow_provider_bfx.catalog.migrate import check_schema
+    from airflow_provider_bfx.catalog.store import BatchSpec
+    from airflow_provider_bfx.routing import catalog as routing_catalog
+
+    store = BfxCatalogHook().get_store()
+    try:
+        check_schema(store.engine)  # deployed on first use, not only through the routing
+        assert store.start_batch(BatchSpec("wh", "r1")) > 0
+    finally:
+        store.engine.dispose()
+
+    routing_catalog.forget_stores()
+    try:
+        routed = routing_catalog.get_store(DEFAULT_CATALOG_CONN_ID)
+        assert routed.engine.url == store.engine.url
+        assert [r.DagId for r in routed.executions("wh")] == ["wh"]
+    finally:
+        routing_catalog.forget_stores()

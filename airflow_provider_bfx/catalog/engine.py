@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 
+from airflow_provider_bfx.catalog.errors import sqlite_busy
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -83,8 +85,7 @@ def _switch_to_wal(cursor: Any) -> None:
             if time.monotonic() > deadline:
                 raise sqlite3.OperationalError(f"could not switch the catalog to WAL: {mode}")
         except sqlite3.OperationalError as exc:
-            message = str(exc).lower()
-            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
-                raise
+            if not sqlite_busy(exc) or time.monotonic() > deadline:
+                raise  # not SQLITE_BUSY/SQLITE_LOCKED (by its code): not another connection
         time.sleep(pause)
         pause = min(pause * 2, 0.1)

@@ -31,6 +31,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
+from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError, Problem
 from airflow_provider_bfx.catalog.schema import SCHEMA_NAME, SUPPORTED_DIALECTS, build_schema
 
 PRODUCT = "airflow-provider-bfx"
@@ -58,9 +59,13 @@ EXEC @rc = sp_getapplock @Resource = N'bfx_catalog_migrate', @LockMode = N'Exclu
 IF @rc < 0 THROW 50000, N'could not take the bfx catalog migration lock', 1;"""
 
 
-class CatalogSchemaError(RuntimeError):
+class CatalogSchemaError(CatalogMisconfiguredError):
     """The catalog schema is missing, older or newer than this package: the message says why
-    and which command fixes it."""
+    and which command fixes it. A misconfigured catalog (decision 0090): a routed task fails
+    before any work whatever ``[bfx] on_catalog_unavailable`` says."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Problem.SCHEMA, "", message, message=message)
 
 
 def require_dialect(dialect: str) -> None:

@@ -43,7 +43,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from airflow_provider_bfx.catalog import evidence, keys, machine
 from airflow_provider_bfx.catalog.codes import (
@@ -59,6 +59,8 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.errors import CatalogUnavailableError as CatalogUnavailableError
+from airflow_provider_bfx.catalog.errors import Verdict, diagnose, misconfigured
 from airflow_provider_bfx.catalog.liveness import (
     owner_known_dead,
     owner_of_this_process,
@@ -73,10 +75,6 @@ T = TypeVar("T")
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
-
-
-class CatalogUnavailableError(RuntimeError):
-    """The catalog could not be reached (after brief retries)."""
 
 
 class CatalogStateError(RuntimeError):
@@ -296,11 +294,20 @@ class CatalogStore:
                 integrity_retries -= 1
                 if integrity_retries < 0:
                     raise
-            except (OperationalError, InterfaceError) as exc:
-                if not _is_transient(exc) or time.monotonic() >= deadline:
+            except DBAPIError as exc:
+                # Decided by the driver's error code (catalog/errors.py, decision 0090): only a
+                # catalog that cannot be reached is unavailable; one that answers with an error
+                # a person must fix is misconfigured, and retrying would not fix it.
+                found = diagnose(exc, self.engine)
+                where = self.engine.url.render_as_string(hide_password=True)
+                if found.verdict is Verdict.MISCONFIGURED:
+                    raise misconfigured(exc, found, where) from exc
+                if found.verdict is Verdict.OTHER:
+                    raise
+                if time.monotonic() >= deadline:
                     raise CatalogUnavailableError(
-                        f"catalog at {self.engine.url.render_as_string(hide_password=True)} is"
-                        f" unavailable during {what}: {_first_line(exc)}"
+                        f"catalog at {where} is unavailable during {what} ({found.code}):"
+                        f" {_first_line(exc)}"
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -1679,30 +1686,3 @@ def _log_lines(lines: Iterable[str]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-_TRANSIENT_MARKERS = (
-    "could not connect",
-    "connection refused",
-    "server closed the connection",
-    "terminating connection",
-    "connection reset",
-    "connection timed out",
-    "timeout expired",
-    "deadlock",
-    "could not serialize",
-    "database is locked",
-    "database is busy",
-    "ssl syscall",
-    "broken pipe",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "lock request time out",
-)
-
-
-def _is_transient(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text = str(getattr(exc, "orig", exc)).lower()
-    return any(marker in text for marker in _TRANSIENT_MARKERS)

@@ -26,7 +26,8 @@ from typing import Any, NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from airflow_provider_bfx.catalog.migrate import PRODUCT, CatalogSchemaError, head_revision
+from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError, CatalogUnavailableError
+from airflow_provider_bfx.catalog.migrate import PRODUCT, head_revision
 
 #: The modules that each add one verb (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args))
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
-    except CatalogSchemaError as exc:
+    except (CatalogMisconfiguredError, CatalogUnavailableError) as exc:
+        # A missing schema, a wrong password, an unreachable server: the message says which
+        # and how to fix it (decision 0090); no traceback.
         return _fail(str(exc), EXIT_FAILED)
     except SQLAlchemyError as exc:
         return _fail(f"catalog database error: {error_line(exc)}", EXIT_FAILED)

@@ -280,11 +280,27 @@ class BfxCatalogHook(DbApiHook):
     def get_store(self, **store_kwargs: Any) -> CatalogStore:
         """A :class:`~airflow_provider_bfx.catalog.store.CatalogStore` over the catalog engine.
 
-        ``store_kwargs`` go to the store's constructor unchanged.
+        The one place a store is built from a connection: the routing caches what this returns
+        (:func:`airflow_provider_bfx.routing.catalog.get_store`), so that a store from here and
+        one from the routing behave alike. The embedded SQLite catalog is deployed on first use,
+        so that a first ``airflow dags test`` needs no setup (decision 0011); a catalog behind a
+        defined connection never is. A failure to deploy it is classified like every catalog
+        error: misconfigured or unavailable (decision 0090). ``store_kwargs`` go to the store's
+        constructor unchanged.
         """
+        from sqlalchemy.exc import DBAPIError
+
+        from airflow_provider_bfx.catalog.errors import catalog_error
+        from airflow_provider_bfx.catalog.migrate import upgrade
         from airflow_provider_bfx.catalog.store import CatalogStore
 
-        return CatalogStore(self.get_catalog_engine(), **store_kwargs)
+        engine = self.get_catalog_engine()
+        if self.is_embedded:
+            try:
+                upgrade(engine)
+            except DBAPIError as exc:
+                raise catalog_error(exc, engine, "deploying the embedded catalog") from exc
+        return CatalogStore(engine, **store_kwargs)
 
     def dispose(self) -> None:
         """Close the pooled connections of the catalog engine, if one was created."""

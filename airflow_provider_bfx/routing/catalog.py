@@ -8,10 +8,11 @@ the id -> URL answer is remembered for :data:`CONNECTION_TTL_SECONDS`; a redefin
 takes effect within that time (decision 0051). A forked child starts with no cached store
 (decision 0080).
 
-The embedded SQLite catalog (no ``bfx_catalog_default`` connection defined) is deployed on first
-use, so that a first ``airflow dags test`` needs no setup (decision 0011). A catalog reached
-through a defined connection is never deployed implicitly: its owner runs ``bfx catalog init``,
-and a missing schema fails the task with the message that says so.
+The store itself is built by :meth:`BfxCatalogHook.get_store`, the one store factory; that is
+where the embedded SQLite catalog (no ``bfx_catalog_default`` connection defined) is deployed on
+first use (decision 0011). A catalog reached through a defined connection is never deployed
+implicitly: its owner runs ``bfx catalog init``, and a missing schema fails the task with the
+message that says so.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import os
 import threading
 import time
 from typing import TYPE_CHECKING
-
-from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore
@@ -35,8 +34,6 @@ _lock = threading.Lock()
 
 def get_store(catalog_conn_id: str) -> CatalogStore:
     """The store of the catalog behind ``catalog_conn_id`` (cached per URL in this process)."""
-    from airflow_provider_bfx.catalog.migrate import upgrade
-    from airflow_provider_bfx.catalog.store import CatalogStore, CatalogUnavailableError
     from airflow_provider_bfx.hooks.catalog import BfxCatalogHook
 
     with _lock:
@@ -50,15 +47,7 @@ def get_store(catalog_conn_id: str) -> CatalogStore:
         if store is not None:
             _by_conn_id[catalog_conn_id] = (time.monotonic() + CONNECTION_TTL_SECONDS, store)
             return store
-        engine = hook.get_catalog_engine()
-        if hook.is_embedded:
-            try:
-                upgrade(engine)
-            except SQLAlchemyError as exc:
-                raise CatalogUnavailableError(
-                    f"embedded catalog at {engine.url.database} could not be deployed: {exc}"
-                ) from exc
-        store = CatalogStore(engine)
+        store = hook.get_store()
         _stores[url] = store
         _by_conn_id[catalog_conn_id] = (time.monotonic() + CONNECTION_TTL_SECONDS, store)
         return store

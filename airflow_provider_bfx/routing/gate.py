@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -39,6 +39,7 @@ from airflow_provider_bfx.catalog.codes import (
     Token,
     format_token,
 )
+from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError
 from airflow_provider_bfx.catalog.machine import Run
 from airflow_provider_bfx.catalog.store import (
     BatchSpec,
@@ -65,6 +66,8 @@ log = logging.getLogger("airflow_provider_bfx.routing")
 
 #: Not one of the contract's catalog tokens: Airflow's own all_success decision, restored.
 UPSTREAM_SKIPPED = "BFX_UPSTREAM_SKIPPED"
+#: Not one of the contract's tokens either: a catalog that answers with an error (decision 0090).
+CATALOG_MISCONFIGURED = "BFX_CATALOG_MISCONFIGURED"
 #: Context key through which the gate hands a replayed output to the execute wrapper.
 REPLAY_KEY = "bfx_replay"
 #: ``dag_run.conf["bfx"][PARENT_KEY]``: the task execution that triggered the run (nested batch).
@@ -151,6 +154,8 @@ def gate(context: Any) -> None:
     except CatalogUnavailableError as exc:
         _catalog_unavailable(key, settings, exc)
         return
+    except CatalogMisconfiguredError as exc:
+        _catalog_misconfigured(key, settings, exc)
     except (AirflowSkipException, AirflowFailException):
         raise
     except Exception:
@@ -446,3 +451,27 @@ def _catalog_unavailable(key: TryKey, settings: BfxSettings, exc: Exception) -> 
     log.error("%s", line)
     remember(key, GateRecord(Outcome.REFUSED))
     raise BfxCatalogUnavailable(line) from exc
+
+
+def _catalog_misconfigured(
+    key: TryKey, settings: BfxSettings, exc: CatalogMisconfiguredError
+) -> NoReturn:
+    """The catalog answered with an error a person must fix (wrong password, unknown database,
+    missing permission, read-only, missing or outdated schema): fail before any work, whatever
+    ``on_catalog_unavailable`` says. Running unrouted would redo finished work, and Airflow's
+    retries would only repeat a failed login (decision 0090)."""
+    error = exc.naming(settings.catalog_conn_id)
+    line = format_token(
+        CATALOG_MISCONFIGURED,
+        dag=key.dag_id,
+        task=key.task_id,
+        map_index=key.map_index if key.map_index != keys.UNMAPPED else None,
+        catalog_conn_id=settings.catalog_conn_id,
+        action="fail",
+    )
+    log.error("%s %s", line, error)
+    remember(key, GateRecord(Outcome.REFUSED))
+    raise AirflowFailException(
+        f"{line}: nothing ran, the catalog is misconfigured ([bfx] on_catalog_unavailable"
+        f" covers only a catalog that cannot be reached): {error}"
+    ) from exc

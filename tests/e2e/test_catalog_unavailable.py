@@ -1,4 +1,7 @@
-"""A catalog that cannot be reached at a task's start: fail before any work, or run unrouted."""
+"""A catalog that cannot be reached at a task's start: fail before any work, or run unrouted.
+
+A catalog that answers with an error (here: a wrong password) is misconfigured, not unreachable:
+the task fails before any work whatever ``on_catalog_unavailable`` says (decision 0090)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,42 @@ def unreachable_catalog(
         forget_stores()
 
 
+@pytest.fixture
+def wrong_password_catalog(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str
+) -> Iterator[Path]:
+    """``bfx_catalog_default`` is a deployed PostgreSQL catalog, defined with a wrong password."""
+    from sqlalchemy import make_url
+
+    from airflow_provider_bfx.catalog.engine import create_catalog_engine
+    from airflow_provider_bfx.catalog.migrate import upgrade
+
+    for name in [n for n in os.environ if n.startswith("AIRFLOW__BFX__")]:
+        monkeypatch.delenv(name)
+    engine = create_catalog_engine(pg_url)
+    upgrade(engine)  # `bfx catalog init` ran: only the password of the connection is wrong
+    engine.dispose()
+    parts = make_url(pg_url)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BFX_CATALOG_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": parts.host,
+                "port": parts.port,
+                "login": parts.username,
+                "password": "not-the-password",
+                "schema": parts.database,
+            }
+        ),
+    )
+    monkeypatch.setenv("BFX_EXAMPLE_COPY_DIR", str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        forget_stores()
+
+
 def ran(folder: Path) -> list[str]:
     path = folder / "executions"
     return path.read_text().splitlines() if path.exists() else []
@@ -77,3 +116,20 @@ def test_unreachable_catalog_runs_unrouted_when_configured(
     log = bfx_log(caplog)
     assert "[BFX_CATALOG_UNAVAILABLE] dag=bfx_e2e_tiny task=work" in log
     assert "action=run_unrouted" in log
+
+
+def test_wrong_password_fails_the_task_before_any_work_although_unavailable_means_run(
+    wrong_password_catalog: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AIRFLOW__BFX__ON_CATALOG_UNAVAILABLE", "run")
+    run = run_dag(DAG_ID)
+    assert run.state == "failed"
+    assert run.state_of("work") == "failed"
+    assert run.state_of("after") == "upstream_failed"
+    assert ran(wrong_password_catalog) == []  # the task's own code never ran
+    log = bfx_log(caplog)
+    assert "[BFX_CATALOG_MISCONFIGURED] dag=bfx_e2e_tiny task=work" in log
+    assert "catalog_conn_id=bfx_catalog_default action=fail" in log
+    assert "password authentication failed" in log  # the server's reason
+    assert "check the login, password and database name of Airflow connection" in log
+    assert "run_unrouted" not in log
