@@ -28,7 +28,16 @@ from .test_migrations import catalog_engine, prefix
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    """``bfx`` in this process. ``main`` marks the process a server context, as the console
+    script's process is; the mark is taken back so that later tests run as they would alone."""
+    before = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    try:
+        code = main(list(argv))
+    finally:
+        if before is None:
+            os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
+        else:
+            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = before
     out, err = capsys.readouterr()
     return code, out, err
 
