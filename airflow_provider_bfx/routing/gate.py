@@ -40,6 +40,7 @@ from airflow_provider_bfx.catalog.codes import (
     format_token,
 )
 from airflow_provider_bfx.catalog.machine import Run
+from airflow_provider_bfx.catalog.payload import UNRECORDED
 from airflow_provider_bfx.catalog.store import (
     BatchSpec,
     CatalogStore,
@@ -382,17 +383,20 @@ def _skip(
     ti = context["ti"]
     reason = _line(started, key)
     has_output, output = recorded_output(store, started)
-    if facts.feeds_expand:
-        if has_output and install.replays_output(parse_time_task(context)):
+    unrecorded = has_output and output is UNRECORDED  # it returned a value JSON cannot hold
+    if facts.feeds_expand or unrecorded:
+        if has_output and not unrecorded and install.replays_output(parse_time_task(context)):
             context[REPLAY_KEY] = output
             remember(key, GateRecord(Outcome.REPLAYED))
             log.info("%s served=success (an .expand() maps over this output)", reason)
             return
-        # No recorded output to serve (never recorded, or the wrapper is not installed): run
-        # it again so that the mapped task downstream gets its input. Its row stays C.
+        # No recorded output to serve (not JSON, never recorded, or the wrapper is not
+        # installed): run it again so that downstream gets the real value, never a missing
+        # one (decisions 0043, 0091). Its row stays C.
         log.warning(
-            "%s no recorded output to serve to the .expand() downstream: running it again",
+            "%s no recorded output to serve to %s: running it again",
             reason,
+            "the .expand() downstream" if not unrecorded else "downstream (it was not JSON)",
         )
         remember(
             key,
