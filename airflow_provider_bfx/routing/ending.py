@@ -46,7 +46,7 @@ def _record_for(context: Any, key: TryKey) -> GateRecord | None:
 def _lookup(context: Any, key: TryKey) -> GateRecord | None:
     """The active row of this try in the catalog, found by its ``ExternalExecutionID``
     (read-only, one indexed read): a callback that runs in another process."""
-    from airflow_provider_bfx.catalog.codes import ExecutionStatus
+    from airflow_provider_bfx.catalog.codes import parse_status
     from airflow_provider_bfx.routing.catalog import get_store
     from airflow_provider_bfx.routing.settings import settings_for
 
@@ -55,7 +55,8 @@ def _lookup(context: Any, key: TryKey) -> GateRecord | None:
     row = store.find_execution(key.external_id)
     if row is None:
         return None
-    status = ExecutionStatus(row.ExecutionStatus)
+    where = f"{store.s.qualified(store.s.Execution)} row ExecutionID={row.ExecutionID}"
+    status = parse_status(row.ExecutionStatus, row=where)  # a hand-edited code names the row
     if not status.is_active:
         return None
     handle = ExecutionHandle(
