@@ -18,7 +18,6 @@ retried or failed transition never logs a decision it did not write.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -67,6 +66,7 @@ from airflow_provider_bfx.catalog.liveness import (
     this_host,
 )
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run, TaskOutcome
+from airflow_provider_bfx.catalog.payload import UNRECORDED, decode_payload, encode_payload
 from airflow_provider_bfx.catalog.schema import CatalogSchema, build_schema
 
 log = logging.getLogger("airflow_provider_bfx.catalog")
@@ -214,7 +214,7 @@ class Checkpoint:
     iteration_key: str
     item_fingerprint: str | None
     operator_fingerprint: str | None
-    payload: Any
+    payload: Any  # the JSON value, or payload.UNRECORDED: completed, output not stored (NULL)
 
 
 @dataclass(frozen=True)
@@ -1487,14 +1487,10 @@ class CatalogStore:
         item_fingerprint: str | None = None,
         operator_fingerprint: str | None = None,
     ) -> None:
-        """Write (or overwrite) one checkpoint; the payload must be JSON-serialisable."""
-        try:
-            text = json.dumps(payload, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"checkpoint {node!r}: payload is not JSON-serialisable ({exc}); return plain"
-                " dicts, lists, strings, numbers, booleans or None"
-            ) from exc
+        """Write (or overwrite) one checkpoint; the payload must be standard JSON (no NaN or
+        Infinity), else :class:`~.payload.UnrecordablePayload` names the value and nothing is
+        written. ``payload=UNRECORDED`` writes the "completed, output not stored" marker."""
+        text = None if payload is UNRECORDED else encode_payload(payload, node=node)
 
         def work(conn: Connection) -> None:
             C = self.s.ExecutionCheckpoint
@@ -1543,7 +1539,7 @@ class CatalogStore:
                     iteration_key=r.IterationKey,
                     item_fingerprint=r.ItemFingerprint,
                     operator_fingerprint=r.OperatorFingerprint,
-                    payload=None if r.Payload is None else json.loads(r.Payload),
+                    payload=decode_payload(r.Payload),
                 )
                 for r in conn.execute(query.order_by(C.c.CheckpointID))
             ]

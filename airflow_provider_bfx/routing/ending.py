@@ -21,13 +21,19 @@ import logging
 import traceback
 from typing import Any
 
+from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog.codes import format_token
 from airflow_provider_bfx.catalog.machine import TaskOutcome
+from airflow_provider_bfx.catalog.payload import UNRECORDED, UnrecordablePayload
 from airflow_provider_bfx.routing.handle import RETURN_VALUE_NODE, ExecutionHandle
 from airflow_provider_bfx.routing.records import GateRecord, Outcome, TryKey, forget, recall
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 
 _ERROR_MESSAGE_LIMIT = 4000
+#: Not one of the contract's catalog tokens (DESIGN.md §7 keeps that list): a return value the
+#: catalog cannot hold, so the task will run again instead of being skipped (decision 0091).
+UNRECORDABLE_OUTPUT = "BFX_UNRECORDABLE_OUTPUT"
 
 
 def _record_for(context: Any, key: TryKey) -> GateRecord | None:
@@ -40,7 +46,7 @@ def _record_for(context: Any, key: TryKey) -> GateRecord | None:
 def _lookup(context: Any, key: TryKey) -> GateRecord | None:
     """The active row of this try in the catalog, found by its ``ExternalExecutionID``
     (read-only, one indexed read): a callback that runs in another process."""
-    from airflow_provider_bfx.catalog.codes import ExecutionStatus
+    from airflow_provider_bfx.catalog.codes import parse_status
     from airflow_provider_bfx.routing.catalog import get_store
     from airflow_provider_bfx.routing.settings import settings_for
 
@@ -49,7 +55,8 @@ def _lookup(context: Any, key: TryKey) -> GateRecord | None:
     row = store.find_execution(key.external_id)
     if row is None:
         return None
-    status = ExecutionStatus(row.ExecutionStatus)
+    where = f"{store.s.qualified(store.s.Execution)} row ExecutionID={row.ExecutionID}"
+    status = parse_status(row.ExecutionStatus, row=where)  # a hand-edited code names the row
     if not status.is_active:
         return None
     handle = ExecutionHandle(
@@ -66,7 +73,13 @@ def _lookup(context: Any, key: TryKey) -> GateRecord | None:
 
 
 def record_output(context: Any, result: Any) -> None:
-    """Write the return value as the ``return_value`` checkpoint of this lineage."""
+    """Write the return value as the ``return_value`` checkpoint of this lineage.
+
+    A value the catalog cannot hold (not standard JSON: a ``datetime``, ``NaN``...) does not
+    fail the task: Airflow's own XCom serves it to this run. The ``return_value`` checkpoint is
+    then written as the marker :data:`UNRECORDED` (``Payload`` NULL) and a warning names the
+    task, the type and the value, so that a later run that would skip this task as completed
+    runs it again instead of serving a missing output (decision 0091)."""
     if result is None:
         return
     try:
@@ -77,22 +90,36 @@ def record_output(context: Any, result: Any) -> None:
         if record.outcome not in (Outcome.RUN, Outcome.RERUN_FOR_OUTPUT):
             return
         handle = record.handle
-        assert handle.store is not None
-        handle.store.write_checkpoint(
-            execution_id=handle.execution_id,
-            scope_key=handle.scope_key,
-            node=RETURN_VALUE_NODE,
-            payload=result,
-            item_fingerprint=handle.item_fingerprint or None,
-            operator_fingerprint=handle.operator_fingerprint,
-        )
-    except TypeError as exc:
-        log.warning(
-            "bfx: the return value of %s is not JSON-serialisable, so a run that skips this task"
-            " as completed cannot replay it: %s",
-            context["ti"].task_id,
-            exc,
-        )
+        store = handle.store
+        assert store is not None
+
+        def write(payload: Any) -> None:
+            store.write_checkpoint(
+                execution_id=handle.execution_id,
+                scope_key=handle.scope_key,
+                node=RETURN_VALUE_NODE,
+                payload=payload,
+                item_fingerprint=handle.item_fingerprint or None,
+                operator_fingerprint=handle.operator_fingerprint,
+            )
+
+        try:
+            write(result)
+        except UnrecordablePayload as exc:
+            log.warning(
+                "%s: %s. The next run that would skip this task as completed runs it again"
+                " instead (decision 0091); return JSON to have it skipped and its value"
+                " replayed",
+                format_token(
+                    UNRECORDABLE_OUTPUT,
+                    task=key.task_id,
+                    map_index=key.map_index if key.map_index != keys.UNMAPPED else None,
+                    type=exc.type_name,
+                    execution_id=handle.execution_id,
+                ),
+                exc,
+            )
+            write(UNRECORDED)
     except Exception:
         log.exception("bfx: could not record the return value of %s", context["ti"].task_id)
 

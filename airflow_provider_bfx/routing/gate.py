@@ -41,6 +41,7 @@ from airflow_provider_bfx.catalog.codes import (
 )
 from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError
 from airflow_provider_bfx.catalog.machine import Run
+from airflow_provider_bfx.catalog.payload import UNRECORDED
 from airflow_provider_bfx.catalog.store import (
     BatchSpec,
     CatalogStore,
@@ -55,6 +56,7 @@ from airflow_provider_bfx.routing.evidence import adopt_airflow_outcomes, state_
 from airflow_provider_bfx.routing.handle import RETURN_VALUE_NODE, ExecutionHandle
 from airflow_provider_bfx.routing.lease import LeaseKeeper
 from airflow_provider_bfx.routing.records import GateRecord, Outcome, TryKey, remember
+from airflow_provider_bfx.routing.run_conf import PARENT_KEY, RunConf, RunConfError, parse_run_conf
 from airflow_provider_bfx.routing.settings import (
     BfxSettings,
     BfxSettingsError,
@@ -70,8 +72,6 @@ UPSTREAM_SKIPPED = "BFX_UPSTREAM_SKIPPED"
 CATALOG_MISCONFIGURED = "BFX_CATALOG_MISCONFIGURED"
 #: Context key through which the gate hands a replayed output to the execute wrapper.
 REPLAY_KEY = "bfx_replay"
-#: ``dag_run.conf["bfx"][PARENT_KEY]``: the task execution that triggered the run (nested batch).
-PARENT_KEY = "parent_execution_id"
 _TRIGGER_MODULE = "airflow.providers.standard.operators.trigger_dagrun"
 
 
@@ -82,6 +82,11 @@ class BfxCatalogUnavailable(RuntimeError):
 
 class BfxRoutingError(RuntimeError):
     """The routing cannot decide for this try (bad settings, corrupt rows, missing schema)."""
+
+
+class BfxRunConfError(BfxRoutingError, AirflowFailException):
+    """A ``bfx`` entry of ``dag_run.conf`` that is not understood. Airflow's retries do not
+    apply: a run's conf never changes, so every retry would fail the same way."""
 
 
 # -- what the gate needs to know about a task's definition, computed once per process ---------
@@ -141,6 +146,11 @@ def gate(context: Any) -> None:
     except BfxSettingsError as exc:
         remember(key, GateRecord(Outcome.REFUSED))
         raise BfxRoutingError(f"bfx routing of {key.dag_id}.{key.task_id}: {exc}") from exc
+    try:  # before the catalog is touched: a run's instruction that is not understood
+        run_conf = parse_run_conf(getattr(context.get("dag_run"), "conf", None))
+    except RunConfError as exc:
+        remember(key, GateRecord(Outcome.REFUSED))
+        raise BfxRunConfError(f"bfx routing of {key.dag_id}.{key.task_id}: {exc}") from exc
 
     parse_task = parse_time_task(context)
     try:
@@ -149,7 +159,7 @@ def gate(context: Any) -> None:
         if install.all_success_restored(key.dag_id, key.task_id):
             _require_upstreams(ti, store, key)
         facts = task_facts(parse_task)
-        spec = task_spec(context, parse_task, facts, settings)
+        spec = task_spec(context, parse_task, facts, settings, run_conf)
         started = store.start_task(spec)
     except CatalogUnavailableError as exc:
         _catalog_unavailable(key, settings, exc)
@@ -201,25 +211,6 @@ def _naive_utc(value: Any) -> datetime | None:
     )
 
 
-def parent_execution_id(conf: Any) -> int | None:
-    """``dag_run.conf`` ``{"bfx": {"parent_execution_id": N}}``: this run was triggered by the
-    routed task execution N (a nested batch, written by :func:`nest_triggered_run`). Anything
-    but a positive integer there is an error, never a silent top-level start (decision 0070)."""
-    if not isinstance(conf, Mapping):
-        return None
-    bfx = conf.get("bfx")
-    if not isinstance(bfx, Mapping) or bfx.get(PARENT_KEY) is None:
-        return None
-    value = bfx[PARENT_KEY]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BfxRoutingError(
-            f"dag_run.conf bfx.{PARENT_KEY}={value!r} is not an ExecutionID (a positive"
-            " integer). It is set by a routed TriggerDagRunOperator; remove it from the run's"
-            " conf to run this DAG as a top-level batch."
-        )
-    return value
-
-
 def nest_triggered_run(task: Any, execution_id: int) -> None:
     """A routed ``TriggerDagRunOperator`` about to run: its rendered ``conf`` gets
     ``{"bfx": {"parent_execution_id": execution_id}}`` (merged, the user's keys kept), so that
@@ -250,14 +241,6 @@ def nest_triggered_run(task: Any, execution_id: int) -> None:
     )
 
 
-def full_rerun_requested(conf: Any) -> bool:
-    """``dag_run.conf`` ``{"bfx": {"mode": "full"}}``."""
-    if not isinstance(conf, Mapping):
-        return False
-    bfx = conf.get("bfx")
-    return isinstance(bfx, Mapping) and str(bfx.get("mode", "")).strip().lower() == "full"
-
-
 def mapped_input(parse_task: Any, context: Mapping[str, Any]) -> dict[str, Any]:
     """The mapped input of this mapped task instance, ``{argument: value}``, resolved the way
     the task runner resolves it (from the literal list, or the upstream's XCom)."""
@@ -273,18 +256,21 @@ def mapped_input(parse_task: Any, context: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def task_spec(
-    context: Mapping[str, Any], parse_task: Any, facts: TaskFacts, settings: BfxSettings
+    context: Mapping[str, Any],
+    parse_task: Any,
+    facts: TaskFacts,
+    settings: BfxSettings,
+    run_conf: RunConf,
 ) -> TaskSpec:
     ti = context["ti"]
-    dag_run = context.get("dag_run")
     map_index = keys.UNMAPPED if ti.map_index is None else int(ti.map_index)
     batch = BatchSpec(
         dag_id=ti.dag_id,
         run_id=ti.run_id,
         logical_date=_naive_utc(context.get("logical_date")),
-        full_rerun=full_rerun_requested(getattr(dag_run, "conf", None)),
+        full_rerun=run_conf.full_rerun,
         resume_scope=settings.resume_scope,
-        parent_execution_id=parent_execution_id(getattr(dag_run, "conf", None)),
+        parent_execution_id=run_conf.parent_execution_id,
         retry_limit=settings.dag_retry_limit,
         default_retry_limit=settings.retry_limit,
         default_max_resume_age=settings.max_resume_age,
@@ -387,17 +373,20 @@ def _skip(
     ti = context["ti"]
     reason = _line(started, key)
     has_output, output = recorded_output(store, started)
-    if facts.feeds_expand:
-        if has_output and install.replays_output(parse_time_task(context)):
+    unrecorded = has_output and output is UNRECORDED  # it returned a value JSON cannot hold
+    if facts.feeds_expand or unrecorded:
+        if has_output and not unrecorded and install.replays_output(parse_time_task(context)):
             context[REPLAY_KEY] = output
             remember(key, GateRecord(Outcome.REPLAYED))
             log.info("%s served=success (an .expand() maps over this output)", reason)
             return
-        # No recorded output to serve (never recorded, or the wrapper is not installed): run
-        # it again so that the mapped task downstream gets its input. Its row stays C.
+        # No recorded output to serve (not JSON, never recorded, or the wrapper is not
+        # installed): run it again so that downstream gets the real value, never a missing
+        # one (decisions 0043, 0091). Its row stays C.
         log.warning(
-            "%s no recorded output to serve to the .expand() downstream: running it again",
+            "%s no recorded output to serve to %s: running it again",
             reason,
+            "the .expand() downstream" if not unrecorded else "downstream (it was not JSON)",
         )
         remember(
             key,

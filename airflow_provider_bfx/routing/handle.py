@@ -22,6 +22,7 @@ from airflow_provider_bfx.catalog.codes import (
     VersionMismatchPolicy,
     format_token,
 )
+from airflow_provider_bfx.catalog.payload import UNRECORDED
 
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore, TaskSpec, TaskStarted
@@ -86,10 +87,13 @@ class ExecutionHandle:
         return self.store
 
     def checkpoint(self, node: str, output: Any) -> None:
-        """Record ``output`` (JSON-serialisable) as this task's ``NODE_OUTPUT`` for ``node``.
+        """Record ``output`` (standard JSON) as this task's ``NODE_OUTPUT`` for ``node``.
 
         The checkpoint survives retries and resumed runs of this lineage (its scope is the
-        lineage, the task and the item, not this execution)."""
+        lineage, the task and the item, not this execution). A value JSON cannot hold (a
+        ``datetime``, ``NaN``/``Infinity``...) raises ``UnrecordablePayload`` (a ``TypeError``)
+        naming the node, the value and where it is: nothing is written, and the task fails
+        unless it handles the error, so no node is ever taken for done without its output."""
         if node == RETURN_VALUE_NODE:
             raise ValueError(
                 f"checkpoint node {RETURN_VALUE_NODE!r} is reserved: the routing records the"
@@ -112,7 +116,7 @@ class ExecutionHandle:
         ``BFX_FINGERPRINT_MISMATCH``, ``RERUN`` logs and returns ``default`` (the node runs
         again), ``FAIL`` fails the task saying what changed."""
         found = self._store().read_checkpoints(self.scope_key, CheckpointType.NODE_OUTPUT, node)
-        if not found:
+        if not found or found[-1].payload is UNRECORDED:
             return default
         latest = found[-1]
         if self._reusable(node, latest.operator_fingerprint, latest.execution_id, 1):

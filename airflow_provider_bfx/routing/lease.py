@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_provider_bfx.routing")
 
 MIN_INTERVAL_SECONDS = 1.0
+#: How long :meth:`LeaseKeeper.stop` waits for a renewal in flight (one short UPDATE, or a lock
+#: wait): bounded, so that a hanging catalog cannot hold the end of a try forever.
+STOP_JOIN_SECONDS = 10.0
 
 
 class LeaseKeeper:
@@ -42,7 +45,16 @@ class LeaseKeeper:
         return self
 
     def stop(self) -> None:
+        """Stop renewing, and wait (at most :data:`STOP_JOIN_SECONDS`) for a renewal in flight.
+
+        The callbacks end the execution right after this returns: a renewal still running
+        then would find the row no longer active and warn, falsely, that it was aborted by a
+        reset. Joining makes "no renewal after stop returns" true; should the join time out (a
+        catalog that hangs), the thread sees the stop flag and ends without that warning."""
         self._stop.set()
+        thread = self._thread
+        if thread.ident is not None and thread is not threading.current_thread():
+            thread.join(STOP_JOIN_SECONDS)
 
     @property
     def running(self) -> bool:
@@ -58,6 +70,8 @@ class LeaseKeeper:
                 )
                 continue
             if not kept:
+                if self._stop.is_set():
+                    return  # the try ended while this renewal ran: nothing was aborted
                 log.warning(
                     "bfx: execution %s is no longer active under owner %s (aborted by a reset or"
                     " an expiry scan); its lease is no longer renewed",

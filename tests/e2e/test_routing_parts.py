@@ -9,7 +9,7 @@ import pytest
 from airflow_provider_bfx.catalog.codes import VersionMismatchPolicy
 from airflow_provider_bfx.catalog.machine import ResumeScope
 from airflow_provider_bfx.routing import fingerprint, route_dag
-from airflow_provider_bfx.routing.gate import full_rerun_requested
+from airflow_provider_bfx.routing.run_conf import RunConfError, parse_run_conf
 from airflow_provider_bfx.routing.settings import (
     BfxSettingsError,
     OnCatalogUnavailable,
@@ -112,14 +112,56 @@ def test_route_dag_rejects_an_unknown_policy_at_parse_time() -> None:
     [
         ({"bfx": {"mode": "full"}}, True),
         ({"bfx": {"mode": "FULL"}}, True),
+        ({"bfx": {"mode": " full "}}, True),
         ({"bfx": {"mode": "resume"}}, False),
-        ({"bfx": "full"}, False),
+        ({"bfx": {}}, False),
+        ({"other": "x"}, False),
         ({}, False),
         (None, False),
     ],
 )
 def test_full_rerun_is_asked_for_with_bfx_mode_full(conf: object, full: bool) -> None:
-    assert full_rerun_requested(conf) is full
+    assert parse_run_conf(conf).full_rerun is full
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [
+        ({"bfx": "full"}, "bfx='full' is not understood: it must be a mapping"),
+        ({"bfx": None}, "bfx=None is not understood: it must be a mapping"),
+        ({"bfx": ["full"]}, "bfx=['full'] is not understood"),
+        ({"bfx": {"mode": "bogus"}}, "bfx.mode='bogus' is not a mode (valid: 'full' or 'resume')"),
+        ({"bfx": {"mode": None}}, "bfx.mode=None is not a mode"),
+        ({"bfx": {"mode": True}}, "bfx.mode=True is not a mode"),
+        ({"bfx": {"full": True}}, "unknown key(s) 'full' (valid: 'mode', 'parent_execution_id')"),
+        ({"bfx": {"parent_execution_id": 0}}, "bfx.parent_execution_id=0 is not an ExecutionID"),
+        ({"bfx": {"parent_execution_id": True}}, "bfx.parent_execution_id=True is not an Exec"),
+        ({"bfx": {"parent_execution_id": "7"}}, "bfx.parent_execution_id='7' is not an Exec"),
+    ],
+)
+def test_a_bfx_conf_entry_that_is_not_understood_is_an_error_naming_the_valid_ones(
+    conf: object, named: str
+) -> None:
+    with pytest.raises(RunConfError) as raised:
+        parse_run_conf(conf)
+    message = str(raised.value)
+    assert named in message
+    assert '{"bfx": {"mode": "full" | "resume", "parent_execution_id": <a positive' in message
+
+
+def test_every_problem_of_a_bfx_conf_is_named_at_once() -> None:
+    with pytest.raises(RunConfError) as raised:
+        parse_run_conf({"bfx": {"mode": "fresh", "parent": 3, "parent_execution_id": -1}})
+    message = str(raised.value)
+    assert "unknown key(s) 'parent'" in message
+    assert "bfx.mode='fresh' is not a mode" in message
+    assert "bfx.parent_execution_id=-1 is not an ExecutionID" in message
+
+
+def test_a_nested_run_conf_names_its_parent() -> None:
+    parsed = parse_run_conf({"bfx": {"parent_execution_id": 42, "mode": "resume"}, "x": 1})
+    assert parsed.parent_execution_id == 42 and not parsed.full_rerun
+    assert parse_run_conf({"bfx": {"parent_execution_id": None}}).parent_execution_id is None
 
 
 def _bash(command: str, task_id: str = "t") -> object:
