@@ -404,6 +404,12 @@ class CatalogStore:
             .limit(1)
         ).first()
         if orphan is not None:
+            # A start racing this one may have committed the package and its first execution
+            # between the two reads above (READ COMMITTED reads each statement afresh): then the
+            # row is there now. Only a row still missing was deleted.
+            row = conn.execute(self._package_query(dag_id, task_id)).first()
+            if row is not None:
+                return row
             what = f"DAG {dag_id!r}" + ("" if task_id is None else f" task {task_id!r}")
             raise CatalogStateError(
                 f"{self.s.qualified(P)} has no row for {what}, but"
