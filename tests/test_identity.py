@@ -227,3 +227,16 @@ def test_set_package_is_keyed_on_the_identity(store: CatalogStore) -> None:
     assert enabled["a.b/c"] == 1 and enabled["a/b.c"] == 0
     with store.engine.begin() as conn:
         conn.execute(update(P).where(P.c.PackageName == "a/b.c").values(IsEnabled=1))
+
+
+def test_reset_of_a_task_after_a_successful_run_writes_nothing(store: CatalogStore) -> None:
+    """Found by the property model: a closed lineage keeps every instruction at P, and the next
+    run is fresh anyway, so a task reset there changes no row."""
+    run_batch(store, "dag", "r1", ["extract", "load"])
+    before = {r.ExecutionID: tuple(r) for r in store.executions("dag")}
+    result = operations.reset(store, "dag", "load")
+    assert (result.changed_rows, result.discarded_checkpoints) == (0, 0)
+    assert "runs load in full" in result.message
+    assert {r.ExecutionID: tuple(r) for r in store.executions("dag")} == before
+    started = store.start_task(TaskSpec(BatchSpec("dag", "r2"), "load"))
+    assert started.run is Run.RUN and started.status is ExecutionStatus.EXECUTING

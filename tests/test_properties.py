@@ -287,10 +287,9 @@ class CatalogMachine(RuleBasedStateMachine):
         self.sealed: dict[int, int] = {}
         self.skipped_completed: set[int] = set()  # rows of starts skipped as completed
         self.terminal_tick: dict[int, int] = {}  # execution -> tick it became terminal
-        # The operator's verbs: `bfx reset DAG` makes the next batch start fresh; `bfx reset DAG
-        # --task T` makes T's next start in that lineage a full rerun (R), for every row of it
-        # up to the newest execution at the reset.
-        self.reset_pending = False
+        # The operator's verb `bfx reset DAG --task T` makes T's next start in that lineage a
+        # full rerun (R), for every row of it up to the newest execution at the reset. (`bfx
+        # reset DAG` is checked where it happens: the deciding batch then says P.)
         self.reset_marks: dict[tuple[str, int], int] = {}  # (task_id, lineage) -> newest id
 
     def teardown(self) -> None:
@@ -634,12 +633,15 @@ class CatalogMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.quiet())
     @rule()
     def reset_dag(self) -> None:
-        """`bfx reset DAG`: the next run starts fresh, and the plan says so at once."""
+        """`bfx reset DAG`: the batch the next run decides from (a disabled run's C decides
+        nothing) says P, so the next run starts fresh (check_batch_start), and the plan says so
+        at once."""
         operations.reset(self.store, DAG)
-        self.observe()
+        after = self.observe()
+        deciding = max((b for b in after.batches if b.status != "C"), key=lambda b: b.id)
+        assert deciding.nls == "P", f"after bfx reset batch {deciding.id} still says {deciding.nls}"
         plan = operations.plan(self.store, DAG, retry_limit=self.retry_limit)
         assert not plan.resumes, f"after bfx reset the plan still resumes: {plan.reason}"
-        self.reset_pending = True
 
     def ran_tasks(self) -> list[TaskDef]:
         return sorted({t.task_id: t for t in self.task_of.values()}.values(), key=str)
@@ -655,8 +657,12 @@ class CatalogMachine(RuleBasedStateMachine):
         result = operations.reset(self.store, DAG, task.task_id)
         self.observe()
         assert deciding is not None and deciding.lineage is not None
-        self.reset_marks[(task.task_id, deciding.lineage)] = max(self.snap.rows)
         assert result.task_id == task.task_id
+        if deciding.status == "S":
+            # A closed lineage: the next run is fresh and runs the task anyway (d) holds.
+            assert (result.changed_rows, result.discarded_checkpoints) == (0, 0)
+            return
+        self.reset_marks[(task.task_id, deciding.lineage)] = max(self.snap.rows)
 
     @precondition(lambda self: self.quiet())
     @rule(full_rerun=st.sampled_from([False, False, True]), same_date=st.booleans())
@@ -835,8 +841,11 @@ class CatalogMachine(RuleBasedStateMachine):
         ]
         latest = max(mine, key=lambda r: r.id) if mine else None
         mark = self.reset_marks.get((spec.task_id, lineage))
-        if latest is not None and mark is not None and latest.id <= mark:
-            return "R"  # `bfx reset DAG --task T`: T runs in full, whatever its rows said
+        if latest is not None and mark is not None and latest.id <= mark and latest.nls == "R":
+            # `bfx reset DAG --task T`: T runs in full, whatever its rows said, as long as the
+            # reset's instruction stands (a later batch end may stamp it again, e.g. C after a
+            # cleared pass of the same run failed without running T).
+            return "R"
         if latest is not None and not spec.decides_shape:
             # (a) The latest execution succeeded and its batch failed since the lineage last
             # closed (the stamping: C), or it is a skip as completed since then.
@@ -865,8 +874,7 @@ class CatalogMachine(RuleBasedStateMachine):
         new = after.rows[batch_id]
         # A run made while the DAG was disabled (C) decides nothing: the batch before it does.
         earlier = [b for b in before.batches if b.status != "C"]
-        reset, self.reset_pending = self.reset_pending, False
-        if not earlier or reset:
+        if not earlier:
             resume = False
         else:
             prev_before = max(earlier, key=lambda b: b.id)

@@ -402,6 +402,18 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
         tp = conn.execute(store._package_query(dag_id, task_id)).first()
         if tp is None:
             raise LookupError(f"task {task_id!r} of DAG {dag_id!r} is not in the catalog")
+        if latest.ExecutionStatus == ExecutionStatus.SUCCEEDED.value:
+            # The lineage closed with that success: the next run starts a fresh one, where the
+            # task runs in full anyway. A closed lineage keeps every instruction at P (DESIGN.md
+            # §4 "Batch end"), so nothing is written.
+            return ResetResult(
+                dag_id,
+                task_id,
+                0,
+                0,
+                f"the last run of {dag_id} succeeded: its next run starts a fresh lineage and"
+                f" runs {task_id} in full; nothing to reset",
+            )
         lineage = latest.LineageID
         # The rows that decide each item's next start: the task start's own rule.
         rows = conn.execute(
