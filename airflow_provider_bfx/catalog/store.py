@@ -848,15 +848,15 @@ class CatalogStore:
             ).PackageID
         lineage_id = int(f["b_lineage"])
 
+        # One process-table lookup per owner (DESIGN.md §5: a dead owner's lease is not live).
+        dead = {r.a_owner: owner_known_dead(r.a_owner) for r in rows if r.a_id is not None}
         active = tuple(
             machine.ActiveExecution(
                 execution_id=int(r.a_id),
                 lease_owner=r.a_owner,
                 lease_expires_at=r.a_expires,
-                lease_live=r.a_expires is not None
-                and r.a_expires > now
-                and not owner_known_dead(r.a_owner),
-                owner_dead=owner_known_dead(r.a_owner),
+                lease_live=r.a_expires is not None and r.a_expires > now and not dead[r.a_owner],
+                owner_dead=dead[r.a_owner],
                 has_copy_checkpoint=bool(r.a_copy),
                 in_this_lineage=r.a_lineage == lineage_id,
                 audit_id=r.a_audit,
