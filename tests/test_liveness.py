@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.liveness import owner_known_dead, this_host
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.routing.lease import LeaseKeeper
 
 from .story import FakeClock, deployed_store, task_rows
 
@@ -109,3 +112,103 @@ def test_a_crashed_batch_with_an_unexpired_lease_is_resumed(
     load = store.start_task(TaskSpec(BatchSpec("dag", "r2"), "load"))
     assert load.status is ExecutionStatus.RETRYING
     assert task_rows(store, "dag", "r1")["load"].ExecutionStatus == "A"
+
+
+# -- a try parked by Airflow (deferred, rescheduled, awaiting input): decision 0082 ----------
+
+
+def test_a_parked_try_outlives_its_dead_process_and_any_clock(
+    catalog_url: str, dead_owner: str
+) -> None:
+    clock = FakeClock()
+    store = deployed_store(catalog_url, clock)
+    try:
+        r1 = BatchSpec("dag", "r1")
+        deferred = store.start_task(TaskSpec(r1, "wait", lease_owner=dead_owner, lease_seconds=60))
+        # Its process deferred the try and handed the lease to Airflow as it exited.
+        assert store.park(deferred.execution_id, dead_owner, "deferred")
+        parked = task_rows(store, "dag", "r1")["wait"]
+        assert (parked.LeaseOwner, parked.LeaseExpiresAt) == ("airflow:deferred", None)
+        clock.advance(7 * 24 * 3600)  # a week in the triggerer
+        assert store.expire_leases() == []  # and a batch start's scan (same function)
+        store.start_task(TaskSpec(BatchSpec("other_dag", "x1"), "t"))  # batch start + scan
+        assert task_rows(store, "dag", "r1")["wait"].ExecutionStatus == "E"
+        # Another run of the DAG: the try is in progress, so the package is running.
+        other = store.start_task(TaskSpec(BatchSpec("dag", "r2"), "wait"))
+        assert other.run is Run.REFUSE
+        # The same try resumed in a worker takes the lease back, for its own process.
+        resumed = store.start_task(
+            TaskSpec(r1, "wait", lease_owner=f"{this_host()}:{os.getpid()}", lease_seconds=60)
+        )
+        assert (resumed.run, resumed.execution_id) == (Run.RUN, deferred.execution_id)
+        row = task_rows(store, "dag", "r1")["wait"]
+        assert row.LeaseOwner == f"{this_host()}:{os.getpid()}"
+        assert row.LeaseExpiresAt == clock.now + timedelta(seconds=60)
+        store.end_task(deferred.execution_id, TaskOutcome.SUCCESS)
+        assert task_rows(store, "dag", "r1")["wait"].ExecutionStatus == "S"
+    finally:
+        store.engine.dispose()
+
+
+def test_park_changes_only_a_row_still_held_by_that_owner(store: CatalogStore) -> None:
+    batch = BatchSpec("dag", "r1")
+    started = store.start_task(TaskSpec(batch, "wait", lease_owner="h:1", lease_seconds=60))
+    assert not store.park(started.execution_id, "h:2", "deferred")  # taken over meanwhile
+    store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+    assert not store.park(started.execution_id, "h:1", "deferred")  # already ended
+    assert task_rows(store, "dag", "r1")["wait"].LeaseOwner == "h:1"
+
+
+@pytest.mark.parametrize(
+    ("airflow_state", "parked"),
+    [("deferred", True), ("up_for_reschedule", True), ("failed", False), (None, False)],
+)
+def test_the_keeper_hands_over_at_exit_only_a_parked_try(
+    store: CatalogStore, airflow_state: str | None, parked: bool
+) -> None:
+    owner = f"{this_host()}:{os.getpid()}"
+    started = store.start_task(
+        TaskSpec(BatchSpec("dag", "r1"), "wait", lease_owner=owner, lease_seconds=60)
+    )
+    keeper = LeaseKeeper(
+        store, started.execution_id, owner, 60, airflow_state=lambda: airflow_state
+    ).start()
+    assert keeper.hand_over() is parked
+    assert not keeper.running
+    row = task_rows(store, "dag", "r1")["wait"]
+    assert row.LeaseOwner == (f"airflow:{airflow_state}" if parked else owner)
+
+
+def test_an_exiting_task_process_hands_a_deferred_try_to_airflow(catalog_url: str) -> None:
+    """The atexit hook in a real process that ends while its try is deferred."""
+    store = deployed_store(catalog_url)
+    try:
+        started = store.start_task(TaskSpec(BatchSpec("dag", "r1"), "wait", lease_owner="x:1"))
+        script = (
+            "import logging, sys\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "from airflow_provider_bfx.catalog.liveness import owner_of_this_process\n"
+            "from airflow_provider_bfx.routing.lease import LeaseKeeper\n"
+            "from tests.story import deployed_store\n"
+            "store = deployed_store(sys.argv[1])\n"
+            "eid = int(sys.argv[2])\n"
+            "from airflow_provider_bfx.catalog.store import BatchSpec, TaskSpec\n"
+            "again = store.start_task(TaskSpec(BatchSpec('dag', 'r1'), 'wait',"
+            " lease_owner=owner_of_this_process()))\n"
+            "assert again.execution_id == eid\n"
+            "LeaseKeeper(store, eid, owner_of_this_process(), 60,"
+            " airflow_state=lambda: 'deferred').start()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, catalog_url, str(started.execution_id)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        assert done.returncode == 0, done.stderr
+        assert "[bfx] try parked by Airflow" in done.stderr + done.stdout
+        row = task_rows(store, "dag", "r1")["wait"]
+        assert (row.ExecutionStatus, row.LeaseOwner) == ("E", "airflow:deferred")
+    finally:
+        store.engine.dispose()

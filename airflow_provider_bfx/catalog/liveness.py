@@ -11,12 +11,20 @@ Only "known dead" is ever concluded here. An owner on another host, an owner str
 alive, and the lease's own expiry decides, as before. The caveat is hosts that share a name and
 not a process table (two containers given the same explicit hostname): there a pid of one is
 looked up in the other. docs/decisions/0094-dead-lease-owners.md says what to do about it.
+
+A try that Airflow *parks* outside any process (deferred to the triggerer, waiting for a
+reschedule, awaiting input) ends its process without ending its try. Its task process hands the
+lease to Airflow before it exits: ``LeaseOwner = 'airflow:<state>'``, ``LeaseExpiresAt`` NULL.
+Such a lease is live whatever the clock says, and no process table can call it dead: only
+Airflow's outcome (a callback of the resumed try, or the evidence adopted at the next start)
+or an operator's ``bfx reset`` ends it (decision 0082).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime
 from functools import cache
 
 
@@ -31,9 +39,29 @@ def owner_of_this_process() -> str:
     return f"{this_host()}:{os.getpid()}"
 
 
+#: ``LeaseOwner`` prefix of a try Airflow holds outside any process (see the module docstring).
+PARKED_PREFIX = "airflow:"
+
+
+def parked_owner(airflow_state: str) -> str:
+    """``LeaseOwner`` of a try parked by Airflow in ``airflow_state`` (e.g. ``deferred``)."""
+    return f"{PARKED_PREFIX}{airflow_state}"
+
+
+def is_parked(owner: str | None) -> bool:
+    return bool(owner) and str(owner).startswith(PARKED_PREFIX)
+
+
+def lease_live(owner: str | None, expires_at: datetime | None, now: datetime) -> bool:
+    """The one rule of a live lease: parked by Airflow, or unexpired and not known dead."""
+    if is_parked(owner):
+        return True
+    return expires_at is not None and expires_at > now and not owner_known_dead(owner)
+
+
 def owner_known_dead(owner: str | None) -> bool:
     """True only when ``owner`` is ``host:pid`` of this host and that process is gone."""
-    if not owner:
+    if not owner or is_parked(owner):
         return False
     host, sep, pid_text = owner.rpartition(":")
     if not sep or host != this_host() or not pid_text.isdigit():

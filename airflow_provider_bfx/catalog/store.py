@@ -61,8 +61,11 @@ from airflow_provider_bfx.catalog.codes import (
 from airflow_provider_bfx.catalog.errors import CatalogUnavailableError as CatalogUnavailableError
 from airflow_provider_bfx.catalog.errors import Verdict, diagnose, misconfigured
 from airflow_provider_bfx.catalog.liveness import (
+    PARKED_PREFIX,
+    lease_live,
     owner_known_dead,
     owner_of_this_process,
+    parked_owner,
     this_host,
 )
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run, TaskOutcome
@@ -620,14 +623,14 @@ class CatalogStore:
         # Live anywhere in the lineage: a try of an earlier attempt may still be running. The
         # owners are read (few rows are active) so that one known dead does not count.
         live_owners = conn.execute(
-            select(child.c.LeaseOwner).where(
+            select(child.c.LeaseOwner, child.c.LeaseExpiresAt).where(
                 child.c.LineageID == row.LineageID,
                 child.c.TaskId.is_not(None),
                 child.c.ExecutionStatus.in_(_ACTIVE),
-                child.c.LeaseExpiresAt > now,
+                or_(child.c.LeaseExpiresAt > now, child.c.LeaseOwner.startswith(PARKED_PREFIX)),
             )
-        ).scalars()
-        has_live = any(not owner_known_dead(owner) for owner in live_owners)
+        ).all()
+        has_live = any(lease_live(owner, expires, now) for owner, expires in live_owners)
         failed = exists().where(
             child.c.ParentExecutionID == row.ExecutionID,
             child.c.ExecutionStatus.in_(["F", "A"]),
@@ -821,7 +824,7 @@ class CatalogStore:
         batch_status = parse_status(f["b_status"], row=where_b)
 
         if f["x_id"] is not None:
-            return self._repeat(conn, int(f["x_id"]), batch_id, lines)
+            return self._repeat(conn, int(f["x_id"]), batch_id, lines, spec, now)
 
         reopen = machine.batch_reopen(
             batch_status, bool(f["b_enabled"]), closed=f["b_end"] is not None
@@ -855,7 +858,7 @@ class CatalogStore:
                 execution_id=int(r.a_id),
                 lease_owner=r.a_owner,
                 lease_expires_at=r.a_expires,
-                lease_live=r.a_expires is not None and r.a_expires > now and not dead[r.a_owner],
+                lease_live=not dead[r.a_owner] and lease_live(r.a_owner, r.a_expires, now),
                 owner_dead=dead[r.a_owner],
                 has_copy_checkpoint=bool(r.a_copy),
                 in_this_lineage=r.a_lineage == lineage_id,
@@ -977,10 +980,32 @@ class CatalogStore:
         )
 
     def _repeat(
-        self, conn: Connection, execution_id: int, batch_id: int, lines: list[str]
+        self,
+        conn: Connection,
+        execution_id: int,
+        batch_id: int,
+        lines: list[str],
+        spec: TaskSpec,
+        now: datetime,
     ) -> TaskStarted:
-        """The same try started again (a re-sent start): return its row, decide nothing anew."""
+        """The same try started again: return its row, decide nothing anew.
+
+        Airflow starts one try in a new process when a deferred try resumes in a worker, a
+        sensor in reschedule mode pokes again, or a start is re-sent. An active row's lease
+        passes to this process (from the parked owner ``airflow:<state>``, or the process that
+        deferred), so that its renewals and the liveness rule see the process now running it.
+        """
         E = self.s.Execution
+        if spec.lease_owner is not None:
+            conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == execution_id, E.c.ExecutionStatus.in_(_ACTIVE))
+                .values(
+                    LeaseOwner=spec.lease_owner,
+                    LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds),
+                    UpdatedAt=now,
+                )
+            )
         row = conn.execute(select(E).where(E.c.ExecutionID == execution_id)).one()
         where = f"{self.s.qualified(E)} row ExecutionID={execution_id}"
         status = parse_status(row.ExecutionStatus, row=where)
@@ -1400,6 +1425,34 @@ class CatalogStore:
             return bool(result.rowcount)
 
         return self._transact(work, "lease renewal")
+
+    def park(self, execution_id: int, owner: str, airflow_state: str) -> bool:
+        """Hand an active execution's lease to Airflow: its try is parked outside any process
+        (``deferred``, ``up_for_reschedule``, ``awaiting_input``) and its process is ending.
+
+        ``LeaseOwner`` becomes ``airflow:<state>`` and ``LeaseExpiresAt`` NULL: the lease stays
+        live with no process to renew it, so neither the expiry scan nor a dead-owner check
+        aborts the try (decision 0082). Only a row still held by ``owner`` is changed; False
+        when it was not (ended, reset, or taken over meanwhile)."""
+
+        def work(conn: Connection) -> bool:
+            E = self.s.Execution
+            result = conn.execute(
+                update(E)
+                .where(
+                    E.c.ExecutionID == execution_id,
+                    E.c.ExecutionStatus.in_(_ACTIVE),
+                    E.c.LeaseOwner == owner,
+                )
+                .values(
+                    LeaseOwner=parked_owner(airflow_state),
+                    LeaseExpiresAt=None,
+                    UpdatedAt=self.clock(),
+                )
+            )
+            return bool(result.rowcount)
+
+        return self._transact(work, "lease hand-over to Airflow")
 
     def _expire(self, conn: Connection, now: datetime) -> list[ExpiredLease]:
         """Close every active task execution whose lease lapsed (see :meth:`expire_leases`).

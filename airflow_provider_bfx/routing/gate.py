@@ -183,7 +183,11 @@ def gate(context: Any) -> None:
     handle = ExecutionHandle.of_start(started, store, spec)
     assert spec.lease_owner is not None
     handle.lease = LeaseKeeper(
-        store, started.execution_id, spec.lease_owner, spec.lease_seconds
+        store,
+        started.execution_id,
+        spec.lease_owner,
+        spec.lease_seconds,
+        airflow_state=lambda: getattr(ti, "state", None),
     ).start()
     context["bfx"] = handle
     nest_triggered_run(ti.task, started.execution_id)

@@ -2,27 +2,21 @@
 
 API server, scheduler, DAG processor, triggerer, LocalExecutor (parallelism 4), PostgreSQL
 metadata DB; the catalog is a connection added with ``airflow connections add``, an environment
-variable, or the embedded default. Run 1 fails at table 48; run 2 skips the 47 finished tables
-(skipped in Airflow, ``C`` in the catalog, not copied again), loads 48 again, then 49, 50, merge
-and publish. The scheduler stays healthy throughout and the batches are closed by the DAG
-callbacks in the DAG processor.
+variable, or the embedded default. The story itself (and what it asserts) is in
+``fifty_tables.py``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.deployment.catalogs import KINDS, CatalogSetup, wait_batch_closed
+from tests.deployment.catalogs import KINDS, CatalogSetup
 from tests.deployment.conftest import DeploymentFactory
-from tests.deployment.harness import HEALTHY_COMPONENTS, Deployment
-
-REPO = Path(__file__).resolve().parents[2]
-DAG_ID = "warehouse_batch"
-TABLES = [f"table_{n:02d}" for n in range(1, 51)]
+from tests.deployment.fifty_tables import DAG_FILE, play_fifty_table_story
+from tests.deployment.harness import Deployment
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -35,7 +29,7 @@ def setup(
     catalog = CatalogSetup.create(request.param, pg_server_url)
     copies = tmp_path_factory.mktemp("copies")
     deployment = deployment_factory(
-        dags=[REPO / "example_dags" / "warehouse_batch.py"],
+        dags=[DAG_FILE],
         env={**catalog.env(), "BFX_EXAMPLE_COPY_DIR": str(copies)},
         parallelism=4,
     )
@@ -47,75 +41,6 @@ def setup(
         catalog.drop()
 
 
-def _healthy(deployment: Deployment) -> None:
-    health = deployment.api.health()
-    assert all(health[c]["status"] == "healthy" for c in HEALTHY_COMPONENTS), health
-
-
-def _copies(copies: Path, run_id: str) -> set[str]:
-    return {
-        f.name.removesuffix(".copies")
-        for f in copies.glob("*.copies")
-        if run_id in f.read_text().splitlines()
-    }
-
-
 def test_fifty_table_story(setup: tuple[Deployment, CatalogSetup, Path]) -> None:
     deployment, catalog, copies = setup
-    api = deployment.api
-    api.wait_dag_parsed(DAG_ID, timeout=90)
-    scheduler_pid = deployment.pids()["scheduler"]
-
-    run1 = api.trigger(DAG_ID, conf={"fail_tables": ["load_table_48"]})
-    assert api.wait_run(DAG_ID, run1, timeout=240) == "failed"
-    _healthy(deployment)
-    states1 = api.task_states(DAG_ID, run1)
-    assert states1[("load_table_48", -1)] == "failed"
-    assert states1[("merge", -1)] == "upstream_failed"
-    assert sum(1 for s in states1.values() if s == "success") == 47
-    batch1 = wait_batch_closed(catalog, deployment, DAG_ID, run1)  # by the DAG callback
-    assert (batch1.ExecutionStatus, batch1.NextLoadStatus) == ("F", "R")
-    rows1 = catalog.task_rows(deployment, DAG_ID, run1)
-    assert (rows1["load_table_48"].ExecutionStatus, rows1["load_table_48"].NextLoadStatus) == (
-        "F",
-        "R",
-    )
-    assert all(rows1[f"load_{t}"].NextLoadStatus == "C" for t in TABLES[:47])
-    assert _copies(copies, run1) == set(TABLES[:47])
-
-    run2 = api.trigger(DAG_ID)
-    assert api.wait_run(DAG_ID, run2, timeout=240) == "success"
-    _healthy(deployment)
-    states2 = api.task_states(DAG_ID, run2)
-    assert Counter(states2.values()) == Counter({"skipped": 47, "success": 5})
-    assert {t for (t, _), s in states2.items() if s == "success"} == {
-        "load_table_48",
-        "load_table_49",
-        "load_table_50",
-        "merge",
-        "publish",
-    }
-    assert _copies(copies, run2) == {"table_48", "table_49", "table_50"}  # nothing re-copied
-    rows2 = catalog.task_rows(deployment, DAG_ID, run2)
-    assert Counter(r.ExecutionStatus for r in rows2.values()) == Counter({"C": 47, "S": 5})
-    assert rows2["load_table_48"].OriginalExecutionID == rows1["load_table_48"].ExecutionID
-    batch2 = wait_batch_closed(catalog, deployment, DAG_ID, run2)
-    assert (batch2.ExecutionStatus, batch2.NextLoadStatus) == ("S", "P")
-    assert (batch2.OriginalExecutionID, batch2.AttemptNumber) == (batch1.ExecutionID, 2)
-    # The merge read the replayed outputs of the skipped loads: 50 tables, all rows.
-    merged = api.call(
-        "GET", f"dags/{DAG_ID}/dagRuns/{run2}/taskInstances/merge/xcomEntries/return_value"
-    )
-    assert '"tables": 50' in str(merged["value"]).replace("'", '"')
-    # The scheduler never restarted, and nothing of the provider ran in it. (Its output also
-    # carries the lines of the task processes its LocalExecutor workers supervise: those name
-    # their task instance, ti_id=...)
-    assert deployment.pids()["scheduler"] == scheduler_pid
-    own = [
-        line
-        for line in deployment.log_text("scheduler").splitlines()
-        if "airflow_provider_bfx" in line and "ti_id=" not in line
-    ]
-    assert own == []
-    if catalog.kind != "embedded":
-        assert not (Path(deployment.airflow_home) / "bfx_catalog.db").exists()
+    play_fifty_table_story(deployment, catalog, copies)
