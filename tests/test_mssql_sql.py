@@ -219,6 +219,10 @@ def workload(store: CatalogStore, clock: FakeClock, rec: Recorder) -> list[tuple
     assert again.repeated and again.execution_id == a.execution_id
     assert call("renew_lease", store.renew_lease, a.execution_id, "me", 60) is True
     assert call("renew_lease", store.renew_lease, a.execution_id, "other", 60) is False
+    # Deferred: the lease passes to Airflow, and the resumed try takes it back (decision 0082).
+    assert call("park", store.park, a.execution_id, "me", "deferred") is True
+    resumed = call("start_task", store.start_task, spec("r1", "t_a", lease_owner="me"))
+    assert resumed.repeated and resumed.run is Run.RUN
     node = CheckpointType.NODE_OUTPUT
     for rows in (1, 2):  # insert, then overwrite
         call(
