@@ -18,6 +18,7 @@ from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.liveness import owner_known_dead, this_host
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.routing import lease as lease_module
 from airflow_provider_bfx.routing.lease import LeaseKeeper
 
 from .story import FakeClock, deployed_store, task_rows
@@ -212,3 +213,24 @@ def test_an_exiting_task_process_hands_a_deferred_try_to_airflow(catalog_url: st
         assert (row.ExecutionStatus, row.LeaseOwner) == ("E", "airflow:deferred")
     finally:
         store.engine.dispose()
+
+
+def test_a_forked_child_does_not_hand_over_its_parents_keepers(store: CatalogStore) -> None:
+    owner = f"{this_host()}:{os.getpid()}"
+    started = store.start_task(
+        TaskSpec(BatchSpec("dag", "r1"), "wait", lease_owner=owner, lease_seconds=60)
+    )
+    keeper = LeaseKeeper(
+        store, started.execution_id, owner, 60, airflow_state=lambda: "deferred"
+    ).start()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: exits through the atexit hooks of a normal exit
+            code = 0 if not lease_module._running else 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert keeper.running  # the parent's keeper is untouched
+        assert task_rows(store, "dag", "r1")["wait"].LeaseOwner == owner
+    finally:
+        keeper.stop()

@@ -43,6 +43,17 @@ _running_lock = threading.Lock()
 _exit_hook_pid: int | None = None  # the process whose atexit list holds _hand_over_at_exit
 
 
+def _forget_the_parents_keepers() -> None:
+    """In a forked child: the parent's keepers renew nothing here and are not the child's to
+    hand over at its exit."""
+    global _running_lock
+    _running.clear()
+    _running_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_keepers)
+
+
 class LeaseKeeper:
     """Renews the lease of one execution in the background (see the module docstring)."""
 
