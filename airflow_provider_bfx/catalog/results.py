@@ -142,3 +142,39 @@ class Checkpoint:
     item_fingerprint: str | None
     operator_fingerprint: str | None
     payload: Any  # the JSON value, or payload.UNRECORDED: completed, output not stored (NULL)
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    """One ``Execution`` row as the Airflow side reads it: named fields instead of the row's
+    columns, so the catalog's row shape does not leak into routing. The two codes are the
+    raw column values (parse them with :func:`~.codes.parse_status`, which names a row
+    holding an unknown code)."""
+
+    execution_id: int
+    parent_execution_id: int | None
+    original_execution_id: int | None
+    lineage_id: int | None
+    status_code: str
+    next_load_status_code: str
+    audit_id: int | None
+    attempt_number: int
+    task_id: str | None
+    map_index: int
+    lease_owner: str | None
+
+    @classmethod
+    def of_row(cls, row: Any) -> ExecutionRecord:
+        return cls(
+            execution_id=int(row.ExecutionID),
+            parent_execution_id=row.ParentExecutionID,
+            original_execution_id=row.OriginalExecutionID,
+            lineage_id=row.LineageID,
+            status_code=row.ExecutionStatus,
+            next_load_status_code=row.NextLoadStatus,
+            audit_id=row.AuditID,
+            attempt_number=row.AttemptNumber,
+            task_id=row.TaskId,
+            map_index=row.MapIndex,
+            lease_owner=row.LeaseOwner,
+        )

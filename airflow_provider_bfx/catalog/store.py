@@ -37,6 +37,7 @@ from airflow_provider_bfx.catalog.packages import set_package_txn
 from airflow_provider_bfx.catalog.results import BatchEnded as BatchEnded
 from airflow_provider_bfx.catalog.results import BatchSpec as BatchSpec
 from airflow_provider_bfx.catalog.results import Checkpoint as Checkpoint
+from airflow_provider_bfx.catalog.results import ExecutionRecord as ExecutionRecord
 from airflow_provider_bfx.catalog.results import ExpiredLease as ExpiredLease
 from airflow_provider_bfx.catalog.results import RunAwaitingEvidence as RunAwaitingEvidence
 from airflow_provider_bfx.catalog.results import RunEvidence as RunEvidence
@@ -272,6 +273,19 @@ class CatalogStore(Catalog):
         E = self.s.Execution
         query = select(E).where(E.c.ExternalExecutionID == external_id)
         return self.transaction(lambda conn: conn.execute(query).first(), "read")
+
+    def find_try(self, external_id: str) -> ExecutionRecord | None:
+        """:meth:`find_execution` as a typed record (what routing reads)."""
+        row = self.find_execution(external_id)
+        return None if row is None else ExecutionRecord.of_row(row)
+
+    def task_records(self, dag_id: str, run_id: str) -> list[ExecutionRecord]:
+        """The task rows of one DAG run, oldest first, as typed records (what routing reads)."""
+        return [
+            ExecutionRecord.of_row(row)
+            for row in self.executions(dag_id, run_id)
+            if row.TaskId is not None
+        ]
 
     def executions(self, dag_id: str, run_id: str | None = None) -> Sequence[Any]:
         """Rows of a DAG (optionally one run), oldest first: for ``bfx history`` and the demo."""
