@@ -8,8 +8,9 @@ and by the expiry scan.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from airflow_provider_bfx.catalog import machine
 from airflow_provider_bfx.catalog.codes import ExecutionStatus
@@ -17,6 +18,15 @@ from airflow_provider_bfx.catalog.liveness import owner_known_dead, parked_owner
 from airflow_provider_bfx.catalog.results import ExpiredLease
 from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag, token_line
 from airflow_provider_bfx.catalog.txn import Catalog
+
+
+def _held(E: Any, execution_id: int, owner: str) -> Any:
+    """Execution ``execution_id`` is still active and its lease still held by ``owner``."""
+    return and_(
+        E.c.ExecutionID == execution_id,
+        E.c.ExecutionStatus.in_(ACTIVE),
+        E.c.LeaseOwner == owner,
+    )
 
 
 def renew_lease_txn(
@@ -27,11 +37,7 @@ def renew_lease_txn(
     now = cat.clock()
     result = conn.execute(
         update(E)
-        .where(
-            E.c.ExecutionID == execution_id,
-            E.c.ExecutionStatus.in_(ACTIVE),
-            E.c.LeaseOwner == owner,
-        )
+        .where(_held(E, execution_id, owner))
         .values(LeaseExpiresAt=now + timedelta(seconds=seconds), UpdatedAt=now)
     )
     return bool(result.rowcount)
@@ -50,11 +56,7 @@ def park_txn(
     E = cat.s.Execution
     result = conn.execute(
         update(E)
-        .where(
-            E.c.ExecutionID == execution_id,
-            E.c.ExecutionStatus.in_(ACTIVE),
-            E.c.LeaseOwner == owner,
-        )
+        .where(_held(E, execution_id, owner))
         .values(
             LeaseOwner=parked_owner(airflow_state),
             LeaseExpiresAt=None,
