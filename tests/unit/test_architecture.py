@@ -22,7 +22,7 @@ import pytest
 import airflow_provider_bfx
 from airflow_provider_bfx.exceptions import BfxError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "airflow_provider_bfx"
 
 
