@@ -1,4 +1,4 @@
-"""Worker processes for ``tests/test_concurrency.py``.
+"""Worker processes for ``tests/unit/catalog/test_concurrency.py``.
 
 Each worker is a real OS process (``multiprocessing`` with the "spawn" start method) with its own
 engine and :class:`CatalogStore`, so that every interaction between workers goes through the

@@ -81,3 +81,17 @@ def pg_url() -> Iterator[str]:
 def catalog_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(autouse=True)
+def _process_context_restored() -> Iterator[None]:
+    """``bfx``'s ``main()`` marks the process an Airflow server context
+    (``_AIRFLOW_PROCESS_CONTEXT=server``), as the console script's process is. Taken back after
+    every test, so that a test calling ``main()`` does not change how a later test in the same
+    process looks connections up (the server context adds Airflow's metadata DB backend)."""
+    before = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    yield
+    if before is None:
+        os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
+    else:
+        os.environ["_AIRFLOW_PROCESS_CONTEXT"] = before

@@ -11,6 +11,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
+from airflow_provider_bfx.exceptions import BfxError
+
 
 class ExecutionStatus(str, Enum):
     """Where an execution is now (``ExecutionStatus`` column)."""
@@ -98,7 +100,7 @@ class CheckpointType(str, Enum):
 E = TypeVar("E", bound=Enum)
 
 
-class CorruptRowError(ValueError):
+class CorruptRowError(BfxError, ValueError):
     """A catalog row holds a value the contract does not know (e.g. a hand-edited code)."""
 
 

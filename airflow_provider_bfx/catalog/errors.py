@@ -44,8 +44,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from airflow_provider_bfx.exceptions import BfxError
 
-class CatalogUnavailableError(RuntimeError):
+
+class CatalogUnavailableError(BfxError, RuntimeError):
     """The catalog could not be reached (after brief retries)."""
 
 
@@ -125,7 +127,7 @@ _TEXT: dict[Problem, tuple[str, str]] = {
 _DEFAULT_CONNECTION = "the catalog connection"
 
 
-class CatalogMisconfiguredError(RuntimeError):
+class CatalogMisconfiguredError(BfxError, RuntimeError):
     """The catalog answered with an error that only a person can fix (DESIGN.md §7).
 
     Never retried and never a reason to run a task unrouted: the message names the problem,

@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_bfx.exceptions import BfxError
+
 #: NodeKey of the first loop of a task; the n-th loop of the same task is ``foreach.<n>``.
 FOREACH_NODE = "foreach"
 
 
-class ForeachKeyError(ValueError):
+class ForeachKeyError(BfxError, ValueError):
     """The items of a loop cannot be told apart by their keys: nothing was run."""
 
 

@@ -11,6 +11,8 @@ import hashlib
 import json
 from typing import Any
 
+from airflow_provider_bfx.exceptions import BfxError
+
 UNMAPPED = -1  # Airflow's map_index for a task that is not mapped
 NO_ITEM = ""  # ItemFingerprint of a task that is not mapped
 COPY_NODE = "copy"  # NodeKey of the checkpoint that says a copy step landed its data
@@ -20,7 +22,7 @@ COPY_NODE = "copy"  # NodeKey of the checkpoint that says a copy step landed its
 AIRFLOW_ID_LIMIT = 250
 
 
-class CatalogIdError(ValueError):
+class CatalogIdError(BfxError, ValueError):
     """An Airflow id the catalog cannot hold: refused before any work, naming the limit."""
 
 

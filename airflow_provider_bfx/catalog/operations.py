@@ -19,7 +19,6 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
-    ACTIVE_STATUSES,
     CheckpointType,
     ExecutionStatus,
     NextLoadStatus,
@@ -28,10 +27,11 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.facts import deciding_batch_query, previous_batch_txn
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run
-from airflow_provider_bfx.catalog.store import CatalogStore, decides
-
-_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+from airflow_provider_bfx.catalog.packages import package_query
+from airflow_provider_bfx.catalog.rows import ACTIVE, decides
+from airflow_provider_bfx.catalog.store import CatalogStore
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,10 @@ def plan(
     def work(conn: Connection) -> Plan:
         now = store.clock()
         E, P = store.s.Execution, store.s.Package
-        pkg = conn.execute(store._package_query(dag_id, None)).first()
+        pkg = conn.execute(package_query(store, dag_id, None)).first()
         if pkg is None:
             return Plan(dag_id, False, False, None, None, 1, "never run under the catalog", None)
-        previous = store._previous_batch(conn, pkg.PackageID, now)
+        previous = previous_batch_txn(store, conn, pkg.PackageID, now)
         decision = machine.batch_start(
             machine.BatchStartFacts(
                 now=now,
@@ -139,7 +139,7 @@ def plan(
             ).all()
             for r in rows:
                 map_index[(r.PackageID, r.ItemFingerprint)] = r.MapIndex
-            # The rows that decide: the same rule the task start applies (store.decides).
+            # The rows that decide: the same rule the task start applies (rows.decides).
             for r in conn.execute(
                 select(E)
                 .where(E.c.LineageID == lineage, E.c.PackageID.in_(ids), decides(E))
@@ -172,7 +172,7 @@ def plan(
         actives: dict[tuple[int, str], list[Any]] = defaultdict(list)
         if ids:
             for r in conn.execute(
-                select(E).where(E.c.PackageID.in_(ids), E.c.ExecutionStatus.in_(_ACTIVE))
+                select(E).where(E.c.PackageID.in_(ids), E.c.ExecutionStatus.in_(ACTIVE))
             ):
                 actives[(r.PackageID, r.ItemFingerprint)].append(r)
         for p in packages:
@@ -204,7 +204,7 @@ def plan(
             ]
         return result
 
-    return store._transact(work, "plan")
+    return store.transaction(work, "plan")
 
 
 def _adoptions(store: CatalogStore, conn: Connection, execution_ids: list[int]) -> dict[int, str]:
@@ -338,7 +338,7 @@ def history(store: CatalogStore, dag_id: str, limit: int = 10) -> list[BatchHist
             for b in batches
         ]
 
-    return store._transact(work, "history")
+    return store.transaction(work, "history")
 
 
 @dataclass(frozen=True)
@@ -358,19 +358,19 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
     def work(conn: Connection) -> ResetResult:
         now = store.clock()
         E, P, C = store.s.Execution, store.s.Package, store.s.ExecutionCheckpoint
-        pkg = conn.execute(store._lock(store._package_query(dag_id, None), P)).first()
+        pkg = conn.execute(store.impl.lock(package_query(store, dag_id, None), P)).first()
         if pkg is None:
             raise LookupError(f"DAG {dag_id!r} has never run under this catalog: nothing to reset")
         # The batch the next run would decide from (the batch start's own rule), not merely the
         # latest: a run made while the DAG was disabled decides nothing.
-        latest = conn.execute(store.deciding_batch_query(pkg.PackageID)).first()
+        latest = conn.execute(deciding_batch_query(store, pkg.PackageID)).first()
         if latest is None:
             return ResetResult(dag_id, task_id, 0, 0, "no batch yet: the next run starts fresh")
-        if latest.ExecutionStatus in _ACTIVE:
+        if latest.ExecutionStatus in ACTIVE:
             live = conn.execute(
                 select(func.count()).where(
                     E.c.ParentExecutionID == latest.ExecutionID,
-                    E.c.ExecutionStatus.in_(_ACTIVE),
+                    E.c.ExecutionStatus.in_(ACTIVE),
                     E.c.LeaseExpiresAt > now,
                 )
             ).scalar_one()
@@ -385,7 +385,7 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
                 .where(E.c.ExecutionID == latest.ExecutionID, E.c.NextLoadStatus != "P")
                 .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
             ).rowcount
-            if latest.ExecutionStatus in _ACTIVE:
+            if latest.ExecutionStatus in ACTIVE:
                 changed += conn.execute(
                     update(E)
                     .where(E.c.ExecutionID == latest.ExecutionID)
@@ -399,7 +399,7 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
             return ResetResult(
                 dag_id, None, changed, 0, f"the next run of {dag_id} starts a fresh lineage"
             )
-        tp = conn.execute(store._package_query(dag_id, task_id)).first()
+        tp = conn.execute(package_query(store, dag_id, task_id)).first()
         if tp is None:
             raise LookupError(f"task {task_id!r} of DAG {dag_id!r} is not in the catalog")
         if latest.ExecutionStatus == ExecutionStatus.SUCCEEDED.value:
@@ -442,4 +442,4 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
             f" ({changed} instruction(s) set to R, {discarded} checkpoint(s) discarded)",
         )
 
-    return store._transact(work, "reset")
+    return store.transaction(work, "reset")

@@ -26,6 +26,8 @@ import json
 import math
 from typing import Any, Final
 
+from airflow_provider_bfx.exceptions import BfxError
+
 _REPR_LIMIT = 120
 _HINT = (
     "store plain dicts, lists, strings, finite numbers, booleans or None (e.g. a datetime as"
@@ -54,7 +56,7 @@ class _Unrecorded:
 UNRECORDED: Final = _Unrecorded()
 
 
-class UnrecordablePayload(TypeError):
+class UnrecordablePayload(BfxError, TypeError):
     """A payload JSON cannot hold. A ``TypeError`` like ``json.dumps``'s own refusal, so that
     callers that caught that keep working; ``type_name`` and ``value_repr`` name the culprit."""
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError, CatalogUnavailableError
 from airflow_provider_bfx.catalog.migrate import PRODUCT, head_revision
+from airflow_provider_bfx.exceptions import BfxError
 
 #: The modules that each add one verb (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -41,7 +42,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(BfxError):
     """A failure the user can act on, printed as ``bfx: error: <message>``."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:

@@ -26,13 +26,16 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from sqlalchemy import URL, Engine, make_url
 
 from airflow_provider_bfx.catalog.engine import create_catalog_engine
+from airflow_provider_bfx.exceptions import BfxError
+from airflow_provider_bfx.routing.settings import DEFAULT_CATALOG_CONN_ID as DEFAULT_CATALOG_CONN_ID
+from airflow_provider_bfx.routing.settings import SECTION
+from airflow_provider_bfx.routing.settings import airflow_conf as _conf
 
 if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CATALOG_CONN_ID = "bfx_catalog_default"
 EMBEDDED_CATALOG_FILENAME = "bfx_catalog.db"
 
 #: Airflow connection type -> SQLAlchemy backend name (``URL.get_backend_name()``).
@@ -66,20 +69,9 @@ _embedded_notice_logged = False
 _embedded_notice_lock = threading.Lock()
 
 
-def _conf() -> Any:
-    """Airflow's configuration, through the Task SDK where it offers it."""
-    try:
-        from airflow.sdk import conf as sdk_conf
-    except ImportError:  # Task SDK without ``conf`` (older Airflow 3): the core parser.
-        from airflow.configuration import conf as core_conf
-
-        return core_conf
-    return sdk_conf
-
-
 def configured_catalog_conn_id() -> str:
     """The catalog connection id of ``[bfx] catalog_conn_id``."""
-    value = _conf().get("bfx", "catalog_conn_id", fallback=DEFAULT_CATALOG_CONN_ID)
+    value = _conf().get(SECTION, "catalog_conn_id", fallback=DEFAULT_CATALOG_CONN_ID)
     return value or DEFAULT_CATALOG_CONN_ID
 
 
@@ -98,7 +90,7 @@ def embedded_catalog_path() -> str:
     ``AIRFLOW_HOME``, so every process of one deployment resolves it to the same file.
     """
     home = _airflow_home()
-    configured = _conf().get("bfx", "embedded_catalog_path", fallback="") or ""
+    configured = _conf().get(SECTION, "embedded_catalog_path", fallback="") or ""
     if not configured.strip():
         return os.path.abspath(os.path.join(home, EMBEDDED_CATALOG_FILENAME))
     path = os.path.expanduser(os.path.expandvars(configured.strip()))
@@ -118,7 +110,7 @@ def _log_embedded_notice_once(path: str) -> None:
     )
 
 
-class CatalogConnectionLookupError(RuntimeError):
+class CatalogConnectionLookupError(BfxError, RuntimeError):
     """Looking the catalog connection up failed for another reason than "not defined"."""
 
 

@@ -29,6 +29,7 @@ from airflow.sdk.execution_time.xcom import XCom
 
 from airflow_provider_bfx.catalog import keys
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, Token, format_token
+from airflow_provider_bfx.exceptions import BfxError
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
@@ -49,7 +50,7 @@ REATTACH_TOKEN = "BFX_DATABRICKS_REATTACH"
 CopyCallable = Callable[[Any, "int | None"], "Mapping[str, Any] | None"]
 
 
-class BfxDatabricksRunFailed(RuntimeError):
+class BfxDatabricksRunFailed(BfxError, RuntimeError):
     """The compute run ended in a state other than SUCCESS."""
 
 

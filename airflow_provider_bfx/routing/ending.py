@@ -52,20 +52,20 @@ def _lookup(context: Any, key: TryKey) -> GateRecord | None:
 
     dag = context.get("dag") or getattr(context["ti"].task, "dag", None)
     store = get_store(settings_for(dag).catalog_conn_id)
-    row = store.find_execution(key.external_id)
-    if row is None:
+    found = store.find_try(key.external_id)
+    if found is None:
         return None
-    where = f"{store.s.qualified(store.s.Execution)} row ExecutionID={row.ExecutionID}"
-    status = parse_status(row.ExecutionStatus, row=where)  # a hand-edited code names the row
+    # A hand-edited code names the row.
+    status = parse_status(found.status_code, row=store.where(found.execution_id))
     if not status.is_active:
         return None
     handle = ExecutionHandle(
-        execution_id=int(row.ExecutionID),
-        batch_execution_id=int(row.ParentExecutionID),
-        original_execution_id=int(row.OriginalExecutionID or row.ExecutionID),
+        execution_id=found.execution_id,
+        batch_execution_id=int(found.parent_execution_id or 0),
+        original_execution_id=int(found.original_execution_id or found.execution_id),
         status=status,
-        audit_id=row.AuditID,
-        attempt_number=int(row.AttemptNumber),
+        audit_id=found.audit_id,
+        attempt_number=int(found.attempt_number),
         scope_key="",
         store=store,
     )

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.routing.marks import is_mapped
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -42,13 +43,9 @@ _ROUTING_KWARGS = frozenset(
 )
 
 
-def _is_mapped(task: Any) -> bool:
-    return bool(getattr(task, "is_mapped", False)) or hasattr(task, "partial_kwargs")
-
-
 def operator_class(task: Any) -> type[Any]:
     """The operator class of a task, also for a mapped task (``MappedOperator.operator_class``)."""
-    cls = getattr(task, "operator_class", None) if _is_mapped(task) else None
+    cls = getattr(task, "operator_class", None) if is_mapped(task) else None
     return cls if isinstance(cls, type) else type(task)
 
 
@@ -118,7 +115,7 @@ def definition(task: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     callable_: Any = None
     mapped: list[str] | None = None
-    if _is_mapped(task):
+    if is_mapped(task):
         partial = getattr(task, "partial_kwargs", {}) or {}
         for name in sorted(getattr(task, "template_fields", ()) or ()):
             if name in partial and name not in _ROUTING_KWARGS:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,32 +31,21 @@ from airflow_provider_bfx.callbacks import (
     bfx_post_execute,
     bfx_pre_execute,
 )
+from airflow_provider_bfx.routing.marks import (
+    ALL_SUCCESS,
+    GATED_MARK,
+    REPLAY_KEY,
+    all_success_restored,
+    is_mapped,
+    mark_converted,
+    replays_output,
+)
+
+__all__ = ["all_success_restored", "is_mapped", "replays_output", "route_task", "route_tasks"]
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 
-ALL_SUCCESS = "all_success"
-NONE_FAILED = "none_failed"
-
-_converted: set[tuple[str, str]] = set()
-_converted_lock = threading.Lock()
-
 _CHAIN_MARK = "_bfx_chain"
-_GATED_MARK = "_bfx_gated_execute"
-
-
-def is_mapped(task: Any) -> bool:
-    return hasattr(task, "partial_kwargs") and hasattr(task, "operator_class")
-
-
-def all_success_restored(dag_id: str, task_id: str) -> bool:
-    """Whether routing turned this task's ``all_success`` into ``none_failed``."""
-    with _converted_lock:
-        return (dag_id, task_id) in _converted
-
-
-def _mark_converted(dag_id: str, task_id: str) -> None:
-    with _converted_lock:
-        _converted.add((dag_id, task_id))
 
 
 # -- hooks -----------------------------------------------------------------------------------
@@ -109,16 +97,9 @@ def _with_callback(current: Any, callback: Callable[..., Any]) -> list[Any] | No
 # -- execute wrapper (replay for the producer of a mapped input) ------------------------------
 
 
-def replays_output(task: Any) -> bool:
-    """Whether ``task.execute`` was wrapped so the gate can serve a replayed output."""
-    return bool(getattr(getattr(task, "execute", None), _GATED_MARK, False))
-
-
 def _gated_execute(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def gated_execute(context: Any) -> Any:
-        from airflow_provider_bfx.routing.gate import REPLAY_KEY
-
         if REPLAY_KEY in context:
             return context[REPLAY_KEY]
         # Dispatch to the rendered runtime copy the runner prepared, never to the parse-time
@@ -126,7 +107,7 @@ def _gated_execute(original: Callable[..., Any]) -> Callable[..., Any]:
         task = context["ti"].task
         return type(task).execute(task, context)
 
-    setattr(gated_execute, _GATED_MARK, True)
+    setattr(gated_execute, GATED_MARK, True)
     return gated_execute
 
 
@@ -154,7 +135,7 @@ def route_task(task: Any, dag_id: str) -> None:
         from airflow.sdk import TriggerRule
 
         task.trigger_rule = TriggerRule.NONE_FAILED
-        _mark_converted(dag_id, task.task_id)
+        mark_converted(dag_id, task.task_id)
 
 
 def route_tasks(dag: Any) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from airflow_provider_bfx.exceptions import BfxError
+
 #: ``dag_run.conf[BFX_KEY]``: the routing's own entry; every other key of the conf is the user's.
 BFX_KEY = "bfx"
 MODE_KEY = "mode"
@@ -43,7 +45,7 @@ _VALID = (
 )
 
 
-class RunConfError(ValueError):
+class RunConfError(BfxError, ValueError):
     """A ``bfx`` entry of ``dag_run.conf`` the routing does not understand."""
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 from airflow_provider_bfx.catalog.codes import VersionMismatchPolicy
 from airflow_provider_bfx.catalog.machine import ResumeScope
+from airflow_provider_bfx.exceptions import BfxError
 
 SECTION = "bfx"
+#: The one definition of the default catalog connection id (the hook's ``default_conn_name``).
 DEFAULT_CATALOG_CONN_ID = "bfx_catalog_default"
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_RETRY_LIMIT = 3
@@ -29,7 +31,7 @@ DEFAULT_RETRY_LIMIT = 3
 DAG_ROUTING_ATTR = "_bfx_routing"
 
 
-class BfxSettingsError(ValueError):
+class BfxSettingsError(BfxError, ValueError):
     """A ``[bfx]`` option or a ``route_dag`` argument holds a value the provider does not know."""
 
 
@@ -71,7 +73,9 @@ class BfxSettings:
     dag_retry_limit: int | None = None
 
 
-def _conf() -> Any:
+def airflow_conf() -> Any:
+    """Airflow's configuration, through the Task SDK where it offers it. The one reader of
+    the ``[bfx]`` section (the catalog hook reads its two options through it too)."""
     try:
         from airflow.sdk import conf as sdk_conf
     except ImportError:  # pragma: no cover - older Airflow 3 without airflow.sdk.conf
@@ -79,6 +83,9 @@ def _conf() -> Any:
 
         return core_conf
     return sdk_conf
+
+
+_conf = airflow_conf
 
 
 def _raw(option: str, default: str) -> str:

@@ -33,7 +33,7 @@ from airflow_provider_bfx.catalog.migrate import current_revision, offline_sql, 
 from airflow_provider_bfx.catalog.schema import build_schema
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
 
-FIXTURE = Path(__file__).parent / "fixtures" / "release_0_1_0_catalog.json"
+FIXTURE = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "release_0_1_0_catalog.json"
 TABLES = ("Package", "Execution", "ExecutionError", "ExecutionCheckpoint", "ExecutionRowCount")
 
 

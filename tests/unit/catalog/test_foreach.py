@@ -28,7 +28,7 @@ from airflow_provider_bfx.catalog.store import CatalogStore
 from airflow_provider_bfx.routing.handle import ExecutionHandle
 from tests.foreach_worker import DAG_ID, LEASE_SECONDS, TASK_ID, open_handle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ITEMS = [{"name": f"item-{n}", "rows": n * 10} for n in range(1, 101)]
 
 

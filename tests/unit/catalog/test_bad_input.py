@@ -8,8 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from airflow_provider_bfx.catalog.codes import CorruptRowError
 from airflow_provider_bfx.catalog.store import BatchSpec, TaskSpec
-
-from .story import deployed_store, run_batch
+from tests.story import deployed_store, run_batch
 
 
 def _table(store) -> str:  # type: ignore[no-untyped-def]

@@ -10,8 +10,7 @@ from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, TaskSpec
 from airflow_provider_bfx.cli.main import main
-
-from .story import FakeClock, batch_row, deployed_store, run_batch
+from tests.story import FakeClock, batch_row, deployed_store, run_batch
 
 TASKS = ["extract", "load_customer", "load_orders", "merge"]
 

@@ -42,8 +42,7 @@ from airflow_provider_bfx.catalog.store import (
     CatalogUnavailableError,
     TaskSpec,
 )
-
-from .story import deployed_store
+from tests.story import deployed_store
 
 PG_DRIVERS = ["postgresql+psycopg2", "postgresql+psycopg"]
 

@@ -2,9 +2,10 @@
 
 There is no SQL Server here, so the script is held to the rules SQL Server enforces at deploy
 time that its text can show: batch structure, the limits on index keys and names, reserved words,
-UTC defaults, and agreement with the metadata the store queries. (``tests/test_migrations.py``
-checks the script's header, batches and absence of PostgreSQL/SQLite syntax; this file adds the
-SQL Server limits and the column-by-column agreement.)
+UTC defaults, and agreement with the metadata the store queries.
+(``tests/unit/catalog/test_migrations.py`` checks the script's header, batches and absence of
+PostgreSQL/SQLite syntax; this file adds the SQL Server limits and the column-by-column
+agreement.)
 """
 
 from __future__ import annotations

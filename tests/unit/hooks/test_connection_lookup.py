@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 PROBE = """
 from airflow_provider_bfx.hooks.catalog import BfxCatalogHook, CatalogConnectionLookupError

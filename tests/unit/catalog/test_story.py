@@ -12,8 +12,7 @@ import pytest
 
 from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.machine import Run
-
-from .story import FakeClock, batch_row, codes, deployed_store, run_batch, task_rows
+from tests.story import FakeClock, batch_row, codes, deployed_store, run_batch, task_rows
 
 TASKS = [f"load_table_{i:02d}" for i in range(1, 51)]
 FAILING = TASKS[47]  # table 48

@@ -17,7 +17,7 @@ from airflow_provider_bfx.catalog.migrate import upgrade
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
 from airflow_provider_bfx.routing.lease import LeaseKeeper
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 OWNER = "worker-1:4242"
 
 

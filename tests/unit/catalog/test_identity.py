@@ -26,8 +26,7 @@ from airflow_provider_bfx.catalog.store import (
     CatalogStore,
     TaskSpec,
 )
-
-from .story import FakeClock, deployed_store, run_batch, task_rows
+from tests.story import FakeClock, deployed_store, run_batch, task_rows
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from airflow_provider_bfx.catalog.migrate import (
     upgrade,
 )
 from airflow_provider_bfx.cli.main import main
-
-from .test_migrations import catalog_engine, prefix
+from tests.unit.catalog.test_migrations import catalog_engine, prefix
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

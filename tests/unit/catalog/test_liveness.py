@@ -20,8 +20,7 @@ from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
 from airflow_provider_bfx.routing import lease as lease_module
 from airflow_provider_bfx.routing.lease import LeaseKeeper
-
-from .story import FakeClock, deployed_store, task_rows
+from tests.story import FakeClock, deployed_store, task_rows
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
@@ -205,7 +204,7 @@ def test_an_exiting_task_process_hands_a_deferred_try_to_airflow(catalog_url: st
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=str(Path(__file__).resolve().parents[1]),
+            cwd=str(Path(__file__).resolve().parents[3]),
         )
         assert done.returncode == 0, done.stderr
         assert "[bfx] try parked by Airflow" in done.stderr + done.stdout

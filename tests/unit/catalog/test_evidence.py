@@ -10,8 +10,7 @@ from airflow_provider_bfx.catalog.codes import ExecutionStatus as St
 from airflow_provider_bfx.catalog.codes import NextLoadStatus as Nls
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, RunEvidence, TaskSpec
-
-from .story import batch_row, deployed_store
+from tests.story import batch_row, deployed_store
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,106 @@
+"""What differs between the catalog's engines, one small class per engine. No Airflow here.
+
+In the style of Alembic's ``DefaultImpl`` subclasses: :class:`CatalogDialect` holds the default,
+each engine's subclass overrides what its engine does differently and names the engine in
+``__dialect__``; :func:`dialect_for` picks the class by the SQLAlchemy dialect name. The rest of
+the catalog asks the dialect object instead of branching on the engine's name:
+
+* ``lock``: how a transition's first read locks the row it serialises on;
+* ``next_id_column`` / ``peek_next_id``: how a new ``ExecutionID`` is known before its INSERT;
+* ``diagnose``: what a failed call means (unavailable, transient, misconfigured, other), read
+  from the driver's error code by :mod:`.errors` (decision 0090).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Engine, Select, func, literal, select
+
+from airflow_provider_bfx.catalog.errors import Diagnosis, diagnose
+from airflow_provider_bfx.catalog.schema import CatalogSchema
+
+_DIALECTS: dict[str, type[CatalogDialect]] = {}
+
+
+class CatalogDialect:
+    """The default behaviour; an engine's subclass overrides what its engine does otherwise."""
+
+    __dialect__: ClassVar[str] = "default"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _DIALECTS[cls.__dialect__] = cls
+
+    def __init__(self, schema: CatalogSchema) -> None:
+        self.s = schema
+
+    @property
+    def name(self) -> str:
+        return self.__dialect__
+
+    def lock(self, query: Select[Any], table: Any) -> Select[Any]:
+        """``query`` reading ``table``'s row under a write lock held to the end of the
+        transaction. Default: the transaction already holds the lock."""
+        return query
+
+    def next_id_column(self) -> Any:
+        """The next ExecutionID as a column of the facts query, so that the INSERT can also set
+        OriginalExecutionID and AuditID to it (one statement instead of INSERT + UPDATE).
+        Default: not known before the INSERT (NULL): an identity value, then an UPDATE."""
+        return literal(None).label("next_id")
+
+    def peek_next_id(self, conn: Connection) -> int | None:
+        """The next ExecutionID on its own (a batch start), or None when it is known only
+        after the INSERT."""
+        return int(conn.execute(select(self.next_id_column())).scalar_one())
+
+    def diagnose(self, exc: BaseException, engine: Engine | None = None) -> Diagnosis:
+        """What a failed catalog call means, by the driver's error code (:mod:`.errors`)."""
+        return diagnose(exc, engine)
+
+
+class PostgresDialect(CatalogDialect):
+    """PostgreSQL: ``FOR UPDATE OF`` the row; ids from the identity's sequence."""
+
+    __dialect__ = "postgresql"
+
+    def lock(self, query: Select[Any], table: Any) -> Select[Any]:
+        return query.with_for_update(of=table)
+
+    def next_id_column(self) -> Any:
+        E = self.s.Execution
+        seq = func.pg_get_serial_sequence(f"{self.s.schema}.{E.name}", E.c.ExecutionID.name)
+        return func.nextval(seq).label("next_id")
+
+
+class MssqlDialect(CatalogDialect):
+    """SQL Server: ``WITH (UPDLOCK, ROWLOCK)``; an identity read back after the INSERT."""
+
+    __dialect__ = "mssql"
+
+    def lock(self, query: Select[Any], table: Any) -> Select[Any]:
+        return query.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
+
+    def peek_next_id(self, conn: Connection) -> int | None:
+        return None
+
+
+class SqliteDialect(CatalogDialect):
+    """SQLite: ``BEGIN IMMEDIATE`` already holds the write lock, so the next id is the
+    largest plus one (this transaction is the only writer)."""
+
+    __dialect__ = "sqlite"
+
+    def next_id_column(self) -> Any:
+        E = self.s.Execution
+        return (
+            select(func.coalesce(func.max(E.c.ExecutionID), 0) + 1)
+            .scalar_subquery()
+            .label("next_id")
+        )
+
+
+def dialect_for(name: str, schema: CatalogSchema) -> CatalogDialect:
+    """The dialect object of an engine named ``name`` (SQLAlchemy's ``dialect.name``)."""
+    return _DIALECTS.get(name, CatalogDialect)(schema)

@@ -1,0 +1,110 @@
+"""SQL pieces the transitions share: status sets, predicates, the Execution INSERT, and the
+one home of "which execution decides". No Airflow here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, case, exists, insert, or_, update
+
+from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog.codes import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    CheckpointType,
+    NextLoadStatus,
+    format_token,
+)
+from airflow_provider_bfx.catalog.txn import Catalog
+
+log = logging.getLogger("airflow_provider_bfx.catalog")
+
+ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+
+
+class _Self:
+    """Marker: this column takes the new row's own ExecutionID."""
+
+    def __repr__(self) -> str:
+        return "SELF"
+
+
+SELF: Any = _Self()
+
+
+def decides(row: Any) -> ColumnElement[bool]:
+    """Whether execution ``row`` (an ``Execution`` table or alias) may decide the next start of
+    its task and item in its lineage; the latest such row does. The one home of this rule: the
+    task start's facts query, ``bfx plan`` and ``bfx reset`` all use it.
+
+    An active row decides nothing (it is running, or its lease decides). A start that never ran
+    and carries no instruction (refused A/P, disabled C/P, a skip row whose C was reset when its
+    lineage closed) decides nothing either: the instruction before it stands
+    (docs/decisions/0008). Every other row decides, *including one whose status is not a known
+    code* (a hand edit with the CHECK constraint dropped): reading it names the row
+    (``CorruptRowError``) instead of passing over it and running the task again.
+    """
+    return and_(
+        row.c.ExecutionStatus.not_in(ACTIVE),
+        or_(row.c.LeaseOwner.is_not(None), row.c.NextLoadStatus != NextLoadStatus.PENDING.value),
+    )
+
+
+def flag(condition: Any) -> Any:
+    """A predicate as a 0/1 column: T-SQL does not allow ``EXISTS (...)`` in a select list."""
+    return case((condition, 1), else_=0)
+
+
+def copy_landed(cat: Catalog, row: Any) -> Any:
+    """EXISTS: a copy step of ``row``'s task and item landed in its lineage (a ``copy``
+    NODE_OUTPUT checkpoint written by any execution of it there)."""
+    E, C = cat.s.Execution, cat.s.ExecutionCheckpoint
+    w, c = E.alias("w"), C.alias("c")
+    return exists().where(
+        c.c.ExecutionID == w.c.ExecutionID,
+        c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+        c.c.NodeKey == keys.COPY_NODE,
+        w.c.LineageID == row.c.LineageID,
+        w.c.PackageID == row.c.PackageID,
+        w.c.ItemFingerprint == row.c.ItemFingerprint,
+    )
+
+
+def insert_execution_txn(
+    cat: Catalog, conn: Connection, next_id: int | None, values: dict[str, Any]
+) -> int:
+    """Insert an Execution row whose OriginalExecutionID/LineageID/AuditID may be itself
+    (passed as the marker ``SELF``)."""
+    E = cat.s.Execution
+    if next_id is not None:
+        row = {k: (next_id if v is SELF else v) for k, v in values.items()}
+        conn.execute(insert(E).values(ExecutionID=next_id, **row))
+        return next_id
+    plain = {k: (None if v is SELF else v) for k, v in values.items()}
+    new_id = int(conn.execute(insert(E).values(**plain).returning(E.c.ExecutionID)).scalar_one())
+    selfish = {k: new_id for k, v in values.items() if v is SELF}
+    if selfish:
+        conn.execute(update(E).where(E.c.ExecutionID == new_id).values(**selfish))
+    return new_id
+
+
+# -- token lines: built inside a transition, logged after its commit ----------------------------
+
+
+def token_line(emit: machine.Emit, **context: object) -> str:
+    return format_token(emit.token, **{**context, **dict(emit.context)})
+
+
+def nested_line(**context: object) -> str:
+    """``[bfx] nested batch key=value ...``: not one of the contract's tokens (a nested batch's
+    resume is also ``BFX_BATCH_RESUME ... parent_execution_id=``), see docs/decisions/0070."""
+    text = format_token("bfx", **context)
+    return "[bfx] nested batch" + text[len("[bfx]") :]
+
+
+def log_lines(lines: Iterable[str]) -> None:
+    for text in lines:
+        log.info("%s", text)

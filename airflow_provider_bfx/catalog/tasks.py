@@ -1,0 +1,383 @@
+"""Task start and task end: one try's row, read → decided → written. No Airflow here.
+
+A task start is three steps in one transaction, each a function below:
+
+1. **facts** (:func:`_gather_txn`): one locking SELECT on the batch row (:mod:`.facts`) gathers
+   everything the decision needs; on a DAG run's first task the batch is started first;
+2. **machine**: :func:`.machine.task_start` decides (pure, no I/O);
+3. **write** (:func:`_write_start_txn`): stale rows aborted, checkpoints discarded if asked,
+   the new row inserted.
+
+Every transition locks the batch row first, so concurrent tasks of one batch serialise on it: a
+task ending successfully can never miss the batch's failure stamping, and a final failure can
+never miss a sibling's success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog.batches import apply_batch_end_txn, create_batch_txn
+from airflow_provider_bfx.catalog.codes import (
+    ExecutionStatus,
+    parse_next_load_status,
+    parse_status,
+)
+from airflow_provider_bfx.catalog.facts import (
+    task_end_facts_query,
+    task_facts_params,
+    task_facts_query,
+)
+from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
+from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
+from airflow_provider_bfx.catalog.packages import ensure_package_txn
+from airflow_provider_bfx.catalog.results import (
+    TaskEnded,
+    TaskSpec,
+    TaskStarted,
+    default_lease_owner,
+)
+from airflow_provider_bfx.catalog.rows import ACTIVE, SELF, insert_execution_txn, token_line
+from airflow_provider_bfx.catalog.txn import Catalog
+from airflow_provider_bfx.exceptions import CatalogStateError
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """What a task start read (and settled: the batch reopened, the package registered)."""
+
+    batch_id: int
+    lineage_id: int
+    package_id: int
+    lineage_first: int | None  # the first execution of this task and item in the lineage
+    next_id: int | None  # the new row's ExecutionID, when the engine knows it before the INSERT
+    facts: machine.TaskStartFacts
+
+
+def start_task_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarted:
+    """The gate's transition: whether this try runs, restarts compute only, or skips."""
+    now = cat.clock()
+    lines: list[str] = []
+    params = task_facts_params(spec)
+    rows = conn.execute(task_facts_query(cat), params).all()
+    if not rows:
+        lines += create_batch_txn(cat, conn, spec.batch, now)
+        rows = conn.execute(task_facts_query(cat), params).all()
+    f = rows[0]._mapping
+    batch_id = int(f["b_id"])
+    batch_status = parse_status(f["b_status"], row=cat.where(batch_id))
+    if f["x_id"] is not None:
+        return repeat_txn(cat, conn, int(f["x_id"]), batch_id, lines, spec, now)
+    gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
+    decision = machine.task_start(gathered.facts, now)
+    return _write_start_txn(cat, conn, spec, gathered, decision, lines, now)
+
+
+def _gather_txn(
+    cat: Catalog,
+    conn: Connection,
+    spec: TaskSpec,
+    rows: Sequence[Any],
+    batch_status: ExecutionStatus,
+    now: datetime,
+) -> _Gathered:
+    """The facts of :func:`.machine.task_start` from the rows of the facts query. A closed
+    batch a cleared task starts in again is reopened, and a task package seen for the first
+    time registered, before the machine decides."""
+    f = rows[0]._mapping
+    batch_id = int(f["b_id"])
+    reopen = machine.batch_reopen(batch_status, bool(f["b_enabled"]), closed=f["b_end"] is not None)
+    if reopen is not None:
+        E = cat.s.Execution
+        conn.execute(
+            update(E)
+            .where(E.c.ExecutionID == batch_id)
+            .values(
+                ExecutionStatus=reopen.status.value,
+                NextLoadStatus=reopen.next_load_status.value,
+                EndTime=None,
+                UpdatedAt=now,
+            )
+        )
+        batch_status = reopen.status
+
+    package_id = f["tp_id"]
+    package_enabled = bool(f["tp_enabled"]) if package_id is not None else True
+    if package_id is None:
+        package_id = ensure_package_txn(
+            cat, conn, spec.batch.dag_id, spec.task_id, parent_id=f["b_package"]
+        ).PackageID
+    lineage_id = int(f["b_lineage"])
+
+    # One process-table lookup per owner (DESIGN.md §5: a dead owner's lease is not live).
+    dead = {r.a_owner: owner_known_dead(r.a_owner) for r in rows if r.a_id is not None}
+    active = tuple(
+        machine.ActiveExecution(
+            execution_id=int(r.a_id),
+            lease_owner=r.a_owner,
+            lease_expires_at=r.a_expires,
+            lease_live=not dead[r.a_owner] and lease_live(r.a_owner, r.a_expires, now),
+            owner_dead=dead[r.a_owner],
+            has_copy_checkpoint=bool(r.a_copy),
+            in_this_lineage=r.a_lineage == lineage_id,
+            audit_id=r.a_audit,
+            original_execution_id=r.a_original,
+            attempt_number=int(r.a_attempt or 1),
+            operator_fingerprint=r.a_opfp,
+        )
+        for r in rows
+        if r.a_id is not None
+    )
+    prior = None
+    if f["p_id"] is not None:
+        where_p = cat.where(f["p_id"])
+        prior = machine.PriorExecution(
+            execution_id=int(f["p_id"]),
+            status=parse_status(f["p_status"], row=where_p),
+            next_load_status=parse_next_load_status(f["p_nls"], row=where_p),
+            audit_id=f["p_audit"],
+            original_execution_id=f["p_original"],
+            attempt_number=int(f["p_attempt"] or 1),
+            operator_fingerprint=f["p_opfp"],
+        )
+    return _Gathered(
+        batch_id=batch_id,
+        lineage_id=lineage_id,
+        package_id=int(package_id),
+        lineage_first=None if f["first_id"] is None else int(f["first_id"]),
+        next_id=None if f["next_id"] is None else int(f["next_id"]),
+        facts=machine.TaskStartFacts(
+            batch_skips_all=batch_status is ExecutionStatus.SKIPPED,
+            package_enabled=package_enabled,
+            active=active,
+            prior=prior,
+            operator_fingerprint=spec.operator_fingerprint,
+            policy=spec.policy,
+            decides_shape=spec.decides_shape,
+            landed=None
+            if f["l_writer"] is None
+            else machine.LandedCopy(int(f["l_writer"]), f["l_audit"], f["l_opfp"]),
+        ),
+    )
+
+
+def _write_start_txn(
+    cat: Catalog,
+    conn: Connection,
+    spec: TaskSpec,
+    gathered: _Gathered,
+    decision: machine.TaskStartDecision,
+    lines: list[str],
+    now: datetime,
+) -> TaskStarted:
+    """Write what the machine decided: the aborts, the discarded checkpoints, the new row."""
+    batch_id, lineage_id = gathered.batch_id, gathered.lineage_id
+    ctx = dict(dag=spec.batch.dag_id, task=spec.task_id, batch_execution_id=batch_id)
+    if spec.map_index != keys.UNMAPPED:
+        ctx["map_index"] = spec.map_index  # type: ignore[assignment]
+    E = cat.s.Execution
+    for abort in decision.aborts:
+        conn.execute(
+            update(E)
+            .where(E.c.ExecutionID == abort.execution_id, E.c.ExecutionStatus.in_(ACTIVE))
+            .values(
+                ExecutionStatus=ExecutionStatus.ABORTED.value,
+                NextLoadStatus=abort.next_load_status.value,
+                EndTime=now,
+                UpdatedAt=now,
+            )
+        )
+        lines.append(token_line(abort.emit, **ctx))
+
+    start = decision.start
+    prior = decision.prior
+    # OriginalExecutionID: the first execution of this task and item in the lineage,
+    # whatever became of it (refused starts included); none yet means this one.
+    lineage_first = gathered.lineage_first
+    package_id = gathered.package_id
+    scope = keys.scope_key(lineage_id, package_id, spec.item_fingerprint)
+    if start.discard_checkpoints:
+        C = cat.s.ExecutionCheckpoint
+        conn.execute(delete(C).where(C.c.ScopeKey == scope))
+    running = start.run is Run.RUN
+    new_id = insert_execution_txn(
+        cat,
+        conn,
+        gathered.next_id,
+        dict(
+            ParentExecutionID=batch_id,
+            OriginalExecutionID=lineage_first if lineage_first is not None else SELF,
+            LineageID=lineage_id,
+            AuditID=decision.reused_audit_id if start.audit_from_prior else SELF,
+            ExternalExecutionID=spec.external_id,
+            PackageID=package_id,
+            ExecutionStatus=start.status.value,
+            NextLoadStatus=start.next_load_status.value,
+            AttemptNumber=prior.attempt_number + 1 if prior else 1,
+            # A row that ran records its own definition; a skip records the definition that
+            # wrote the state it stands for, so a later attempt still compares against it.
+            OperatorFingerprint=decision.reused_fingerprint
+            if start.run is Run.SKIP and decision.reused_fingerprint
+            else spec.operator_fingerprint,
+            ItemFingerprint=spec.item_fingerprint,
+            LeaseOwner=(spec.lease_owner or default_lease_owner()) if running else None,
+            LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds) if running else None,
+            StartTime=now,
+            EndTime=None if running else now,
+            DagId=spec.batch.dag_id,
+            RunId=spec.batch.run_id,
+            TaskId=spec.task_id,
+            MapIndex=spec.map_index,
+            TryNumber=spec.try_number,
+            LogicalDate=spec.batch.logical_date,
+            UpdatedAt=now,
+        ),
+    )
+    for emit in start.emits:
+        lines.append(token_line(emit, **ctx, execution_id=new_id))
+    original = lineage_first if lineage_first is not None else new_id
+    audit = decision.reused_audit_id if start.audit_from_prior else new_id
+    return TaskStarted(
+        execution_id=new_id,
+        batch_execution_id=batch_id,
+        original_execution_id=original,
+        lineage_id=lineage_id,
+        package_id=package_id,
+        status=start.status,
+        next_load_status=start.next_load_status,
+        audit_id=audit,
+        attempt_number=prior.attempt_number + 1 if prior else 1,
+        run=start.run,
+        reason=start.reason,
+        scope_key=scope,
+        prior_execution_id=prior.execution_id if prior else None,
+        failure_message=start.failure_message,
+        log_lines=tuple(lines),
+    )
+
+
+def repeat_txn(
+    cat: Catalog,
+    conn: Connection,
+    execution_id: int,
+    batch_id: int,
+    lines: list[str],
+    spec: TaskSpec,
+    now: datetime,
+) -> TaskStarted:
+    """The same try started again: return its row, decide nothing anew.
+
+    Airflow starts one try in a new process when a deferred try resumes in a worker, a
+    sensor in reschedule mode pokes again, or a start is re-sent. An active row's lease
+    passes to this process (from the parked owner ``airflow:<state>``, or the process that
+    deferred), so that its renewals and the liveness rule see the process now running it.
+    """
+    E = cat.s.Execution
+    if spec.lease_owner is not None:
+        conn.execute(
+            update(E)
+            .where(E.c.ExecutionID == execution_id, E.c.ExecutionStatus.in_(ACTIVE))
+            .values(
+                LeaseOwner=spec.lease_owner,
+                LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds),
+                UpdatedAt=now,
+            )
+        )
+    row = conn.execute(select(E).where(E.c.ExecutionID == execution_id)).one()
+    where = f"{cat.s.qualified(E)} row ExecutionID={execution_id}"
+    status = parse_status(row.ExecutionStatus, row=where)
+    run = (
+        Run.RUN
+        if status.is_active
+        else (Run.SKIP if status is ExecutionStatus.SKIPPED else Run.REFUSE)
+    )
+    return TaskStarted(
+        execution_id=execution_id,
+        batch_execution_id=batch_id,
+        original_execution_id=row.OriginalExecutionID or execution_id,
+        lineage_id=row.LineageID,
+        package_id=row.PackageID,
+        status=status,
+        next_load_status=parse_next_load_status(row.NextLoadStatus, row=where),
+        audit_id=row.AuditID,
+        attempt_number=row.AttemptNumber,
+        run=run,
+        reason="this try was already started",
+        scope_key=keys.scope_key(row.LineageID, row.PackageID, row.ItemFingerprint),
+        failure_message=None
+        if run is not Run.REFUSE
+        else f"execution {execution_id} of this try already ended as {status.value}",
+        log_lines=tuple(lines),
+        repeated=True,
+    )
+
+
+def end_task_txn(
+    cat: Catalog,
+    conn: Connection,
+    execution_id: int,
+    outcome: TaskOutcome,
+    *,
+    error_type: str | None = None,
+    error_message: str | None = None,
+    error_detail: str | None = None,
+) -> TaskEnded:
+    """Record how one try ended (idempotent: a second call for an ended row changes nothing)."""
+    now = cat.clock()
+    E = cat.s.Execution
+    row = conn.execute(task_end_facts_query(cat), {"p_execution_id": execution_id}).first()
+    if row is None:
+        raise CatalogStateError(
+            f"cannot end execution {execution_id}: no such task execution in {cat.s.qualified(E)}"
+        )
+    where = f"{cat.s.qualified(E)} row ExecutionID={execution_id}"
+    current = parse_status(row.t_status, row=where)
+    batch_status = parse_status(
+        row.b_status, row=f"{cat.s.qualified(E)} row ExecutionID={row.b_id}"
+    )
+    end = machine.task_end(
+        machine.TaskEndFacts(
+            outcome=outcome,
+            current_status=current,
+            batch_status=batch_status,
+            has_copy_checkpoint=bool(row.copy_landed),
+        )
+    )
+    if end is None:
+        return TaskEnded(
+            execution_id,
+            current,
+            parse_next_load_status(row.t_nls, row=where),
+            changed=False,
+        )
+    conn.execute(
+        update(E)
+        .where(E.c.ExecutionID == execution_id)
+        .values(
+            ExecutionStatus=end.status.value,
+            NextLoadStatus=end.next_load_status.value,
+            EndTime=now,
+            LeaseExpiresAt=None,
+            UpdatedAt=now,
+        )
+    )
+    if end.record_error:
+        Err = cat.s.ExecutionError
+        conn.execute(
+            insert(Err).values(
+                ExecutionID=execution_id,
+                ErrorType=(error_type or "")[:255] or None,
+                ErrorMessage=error_message,
+                ErrorDetail=error_detail,
+                CreatedAt=now,
+            )
+        )
+    if end.fail_batch:
+        apply_batch_end_txn(cat, conn, int(row.b_id), int(row.b_lineage), False, now, close=False)
+    return TaskEnded(execution_id, end.status, end.next_load_status, True, end.fail_batch)
