@@ -28,6 +28,7 @@ from airflow_provider_bfx.catalog.codes import (
     parse_status,
 )
 from airflow_provider_bfx.catalog.facts import deciding_batch_query, previous_batch_txn
+from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run
 from airflow_provider_bfx.catalog.packages import package_query
 from airflow_provider_bfx.catalog.rows import ACTIVE, decides
@@ -254,7 +255,9 @@ def _plan_task(
             execution_id=r.ExecutionID,
             lease_owner=r.LeaseOwner,
             lease_expires_at=r.LeaseExpiresAt,
-            lease_live=r.LeaseExpiresAt is not None and r.LeaseExpiresAt > now,
+            # The task start's own rule (parked by Airflow: live; a dead owner: not).
+            lease_live=lease_live(r.LeaseOwner, r.LeaseExpiresAt, now),
+            owner_dead=owner_known_dead(r.LeaseOwner),
             has_copy_checkpoint=landed is not None and r.LineageID == lineage,
             in_this_lineage=lineage is not None and r.LineageID == lineage,
             audit_id=r.AuditID,
@@ -367,13 +370,15 @@ def reset(store: CatalogStore, dag_id: str, task_id: str | None = None) -> Reset
         if latest is None:
             return ResetResult(dag_id, task_id, 0, 0, "no batch yet: the next run starts fresh")
         if latest.ExecutionStatus in ACTIVE:
-            live = conn.execute(
-                select(func.count()).where(
-                    E.c.ParentExecutionID == latest.ExecutionID,
-                    E.c.ExecutionStatus.in_(ACTIVE),
-                    E.c.LeaseExpiresAt > now,
+            live = sum(
+                lease_live(owner, expires, now)
+                for owner, expires in conn.execute(
+                    select(E.c.LeaseOwner, E.c.LeaseExpiresAt).where(
+                        E.c.ParentExecutionID == latest.ExecutionID,
+                        E.c.ExecutionStatus.in_(ACTIVE),
+                    )
                 )
-            ).scalar_one()
+            )
             if live:
                 raise RuntimeError(
                     f"batch {latest.ExecutionID} of {dag_id!r} is running ({live} live task(s));"

@@ -233,3 +233,21 @@ def test_a_forked_child_does_not_hand_over_its_parents_keepers(store: CatalogSto
         assert task_rows(store, "dag", "r1")["wait"].LeaseOwner == owner
     finally:
         keeper.stop()
+
+
+def test_plan_and_reset_judge_leases_as_the_task_start_does(
+    store: CatalogStore, dead_owner: str
+) -> None:
+    """One liveness rule: a parked try is running for ``bfx plan`` and ``bfx reset`` too, and a
+    dead owner's unexpired lease holds nothing."""
+    from airflow_provider_bfx.catalog import operations
+
+    r1 = BatchSpec("dag", "r1")
+    parked = store.start_task(TaskSpec(r1, "wait", lease_owner="h:1", lease_seconds=60))
+    assert store.park(parked.execution_id, "h:1", "deferred")
+    store.start_task(TaskSpec(r1, "load", lease_owner=dead_owner, lease_seconds=600))
+    plan = {t.task_id: t for t in operations.plan(store, "dag").tasks}
+    assert plan["wait"].run is Run.REFUSE, plan["wait"]
+    assert plan["load"].run is not Run.REFUSE, plan["load"]
+    with pytest.raises(RuntimeError, match="1 live task"):
+        operations.reset(store, "dag")
