@@ -10,14 +10,15 @@ No Airflow here.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
 
-from airflow_provider_bfx.catalog import keys, machine
+from airflow_provider_bfx.catalog import keys, machine, views
 from airflow_provider_bfx.catalog.codes import (
     CheckpointType,
     ExecutionStatus,
@@ -83,8 +84,13 @@ def plan(
     resume_scope: ResumeScope = ResumeScope.LINEAGE,
     logical_date: datetime | None = None,
     retry_limit: int | None = None,
+    task_ids: Collection[str] = (),
 ) -> Plan:
     """What the next run of ``dag_id`` will do, task by task, and why. Changes nothing.
+
+    ``task_ids``: the DAG's tasks as Airflow knows them (the recovery view passes them): a task
+    the catalog has never seen (it did not start in any run yet) is listed as "run" too, so the
+    plan covers the whole DAG, not only what the catalog has rows of.
 
     ``retry_limit`` overrides ``Package.RetryLimit`` as a DAG's own setting does at batch start.
     A task that decides the shape of the run (a branch) is shown as its rows say; its run will
@@ -96,7 +102,22 @@ def plan(
         E, P = store.s.Execution, store.s.Package
         pkg = conn.execute(package_query(store, dag_id, None)).first()
         if pkg is None:
-            return Plan(dag_id, False, False, None, None, 1, "never run under the catalog", None)
+            never = Plan(dag_id, False, False, None, None, 1, "never run under the catalog", None)
+            never.tasks.extend(
+                PlannedTask(
+                    t,
+                    keys.NO_ITEM,
+                    None,
+                    Run.RUN,
+                    ExecutionStatus.EXECUTING,
+                    "never run under the catalog: runs",
+                    None,
+                    None,
+                    None,
+                )
+                for t in sorted(task_ids)
+            )
+            return never
         previous = previous_batch_txn(store, conn, pkg.PackageID, now)
         decision = machine.batch_start(
             machine.BatchStartFacts(
@@ -197,6 +218,22 @@ def plan(
                         now,
                     )
                 )
+        listed = {t.task_id for t in result.tasks}
+        for task_id in sorted(set(task_ids) - listed):
+            result.tasks.append(
+                PlannedTask(
+                    task_id=task_id,
+                    item_fingerprint=keys.NO_ITEM,
+                    map_index=None,
+                    run=Run.RUN,
+                    status=ExecutionStatus.EXECUTING,
+                    reason="not started under the catalog yet: runs",
+                    prior_execution_id=None,
+                    original_execution_id=None,
+                    audit_id=None,
+                )
+            )
+        result.tasks.sort(key=lambda t: (t.task_id, t.map_index if t.map_index is not None else -1))
         deciding = [t.prior_execution_id for t in result.tasks if t.prior_execution_id]
         if deciding:
             adopted = _adoptions(store, conn, deciding)
@@ -294,54 +331,38 @@ def _plan_task(
     )
 
 
-@dataclass(frozen=True)
-class BatchHistory:
-    execution_id: int
-    run_id: str
-    lineage_id: int
-    attempt: int
-    status: str
-    next_load_status: str
-    start_time: datetime
-    end_time: datetime | None
-    task_counts: dict[str, int]
+#: A DAG's batch with its tasks' status counts (``bfx history``, the recovery view).
+BatchHistory = views.BatchSummary
 
 
 def history(store: CatalogStore, dag_id: str, limit: int = 10) -> list[BatchHistory]:
     """The latest ``limit`` batches of a DAG, newest first, with their tasks' status counts."""
+    return views.batch_page(store, dag_id, limit).batches
 
-    def work(conn: Connection) -> list[BatchHistory]:
-        E = store.s.Execution
-        batches = conn.execute(
-            select(E)
-            .where(E.c.DagId == dag_id, E.c.TaskId.is_(None))
-            .order_by(E.c.ExecutionID.desc())
-            .limit(limit)
-        ).all()
-        counts: dict[int, dict[str, int]] = defaultdict(dict)
-        if batches:
-            for parent, status, n in conn.execute(
-                select(E.c.ParentExecutionID, E.c.ExecutionStatus, func.count())
-                .where(E.c.ParentExecutionID.in_([b.ExecutionID for b in batches]))
-                .group_by(E.c.ParentExecutionID, E.c.ExecutionStatus)
-            ):
-                counts[parent][status] = n
-        return [
-            BatchHistory(
-                execution_id=b.ExecutionID,
-                run_id=b.RunId,
-                lineage_id=b.LineageID,
-                attempt=b.AttemptNumber,
-                status=b.ExecutionStatus,
-                next_load_status=b.NextLoadStatus,
-                start_time=b.StartTime,
-                end_time=b.EndTime,
-                task_counts=dict(sorted(counts[b.ExecutionID].items())),
-            )
-            for b in batches
-        ]
 
-    return store.transaction(work, "history")
+def reset_preview(plan_now: Plan, task_id: str | None = None) -> str:
+    """What the next run will do once ``reset(dag_id, task_id)`` is done: the sentence a person
+    confirms before resetting (the recovery view). Pure: computed from the current plan."""
+    if not plan_now.known:
+        return f"{plan_now.dag_id} has never run under the catalog: its next run runs every task"
+    total = len({t.task_id for t in plan_now.tasks})
+    if task_id is None:
+        return (
+            f"The next run of {plan_now.dag_id} starts a fresh lineage (attempt 1) and runs all"
+            f" {total} task(s); nothing of the failed run is skipped or reused."
+        )
+    if not plan_now.resumes:
+        return (
+            f"The next run of {plan_now.dag_id} starts a fresh lineage anyway and runs"
+            f" {task_id} in full: nothing to reset."
+        )
+    others = Counter(t.action for t in plan_now.tasks if t.task_id != task_id)
+    rest = ", ".join(f"{n} {a}" for a, n in sorted(others.items())) or "no other task"
+    return (
+        f"The next run of {plan_now.dag_id} resumes lineage {plan_now.lineage_id} (attempt"
+        f" {plan_now.attempt}) and runs {task_id} in full: no skip, no compute-only restart,"
+        f" its checkpoints discarded. The other tasks as planned: {rest}."
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ What it changes on each task:
   source text: the functions installed there are the stable trampolines of
   :mod:`airflow_provider_bfx.callbacks` (decision 0041);
 * the four callbacks, appended; on the DAG, the two DAG callbacks that close its batches;
+* ``operator_extra_links``: "Recovery" appended (the task's recovery view, decision 0097);
 * ``trigger_rule``: the default ``all_success`` becomes ``none_failed`` (a task downstream of a
   skipped-as-completed task must run); the gate restores ``all_success`` for the others. Which
   tasks were converted is remembered here, per (dag_id, task_id), for the gate of this process;
@@ -131,11 +132,21 @@ def route_task(task: Any, dag_id: str) -> None:
         updated = _with_callback(getattr(task, attr, None), callback)
         if updated is not None:
             setattr(task, attr, updated)
+    _add_recovery_link(task)
     if str(getattr(task.trigger_rule, "value", task.trigger_rule)) == ALL_SUCCESS:
         from airflow.sdk import TriggerRule
 
         task.trigger_rule = TriggerRule.NONE_FAILED
         mark_converted(dag_id, task.task_id)
+
+
+def _add_recovery_link(task: Any) -> None:
+    """The operator extra link "Recovery" (its task-instance view), once."""
+    from airflow_provider_bfx.plugins.links import RecoveryLink
+
+    links = tuple(getattr(task, "operator_extra_links", ()) or ())
+    if not any(isinstance(link, RecoveryLink) for link in links):
+        task.operator_extra_links = (*links, RecoveryLink())
 
 
 def route_tasks(dag: Any) -> None:

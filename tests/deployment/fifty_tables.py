@@ -9,6 +9,7 @@ healthy throughout and the batches are closed by the DAG callbacks in the DAG pr
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.deployment.catalogs import CatalogSetup, wait_batch_closed
@@ -34,9 +35,14 @@ def _copies(copies: Path, run_id: str) -> set[str]:
 
 
 def play_fifty_table_story(
-    deployment: Deployment, catalog: CatalogSetup, copies: Path, run_timeout: float = 240
+    deployment: Deployment,
+    catalog: CatalogSetup,
+    copies: Path,
+    run_timeout: float = 240,
+    between_runs: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
-    """Play both runs and check states, rows and copies; returns the two run ids."""
+    """Play both runs and check states, rows and copies; returns the two run ids.
+    ``between_runs(run1)`` is called once run 1 has failed and its batch is closed."""
     api = deployment.api
     api.wait_dag_parsed(DAG_ID, timeout=90)
     scheduler_pid = deployment.pids()["scheduler"]
@@ -57,6 +63,8 @@ def play_fifty_table_story(
     )
     assert all(rows1[f"load_{t}"].NextLoadStatus == "C" for t in TABLES[:47])
     assert _copies(copies, run1) == set(TABLES[:47])
+    if between_runs is not None:
+        between_runs(run1)
 
     run2 = api.trigger(DAG_ID)
     assert api.wait_run(DAG_ID, run2, timeout=run_timeout) == "success"
