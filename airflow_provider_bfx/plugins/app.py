@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from airflow_provider_bfx.exceptions import BfxError
@@ -45,6 +45,12 @@ def create_app() -> FastAPI:
         if _is_page(request):
             return pages.error_page(exc.status_code, str(exc.detail))
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_page(request):
+            return pages.error_page(422, f"bad request: {exc.errors()}")
+        return JSONResponse({"detail": exc.errors()}, 422)
 
     @app.exception_handler(BfxError)
     async def catalog_error(request: Request, exc: Exception) -> Response:

@@ -178,12 +178,15 @@ def task_page(
     run_id: str,
     task_id: str,
     user: CurrentUser,
-    map_index: int | None = Query(None),
+    map_index: str | None = Query(None, description="an integer; anything else: every item"),
     before: int | None = Query(None),
 ) -> HTMLResponse:
     require_dag(user, dag_id, "GET")
+    # Airflow leaves the ``{MAP_INDEX}`` placeholder of the view's URL as it is on the page of
+    # an unmapped task instance: read anything but an integer as "not mapped".
+    index = int(map_index) if map_index and map_index.lstrip("-").isdigit() else None
     rows, batches, cursor = views.task_executions(
-        catalog_store(), dag_id, task_id, map_index=map_index, limit=50, before=before
+        catalog_store(), dag_id, task_id, map_index=index, limit=50, before=before
     )
     return render(
         "task.html",
@@ -192,7 +195,7 @@ def task_page(
         dag_id=dag_id,
         run_id=run_id,
         task_id=task_id,
-        map_index=map_index,
+        map_index=index,
         rows=rows,
         batches=batches,
         next_before=cursor,

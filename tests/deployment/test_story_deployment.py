@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -164,8 +165,9 @@ def test_recovery_api_is_behind_airflow_auth(setup: Setup) -> None:
     links = viewer.call(
         "GET", f"dags/{DAG_ID}/dagRuns/{story['run2']}/taskInstances/load_table_48/links"
     )
+    run2_path = quote(story["run2"], safe="")
     assert links["extra_links"]["Recovery"].endswith(
-        f"/dags/{DAG_ID}/runs/{story['run2']}/tasks/load_table_48/plugin/bfx-recovery-task"
+        f"/dags/{DAG_ID}/runs/{run2_path}/tasks/load_table_48/plugin/bfx-recovery-task"
     )
 
 
