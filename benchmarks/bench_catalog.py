@@ -525,15 +525,15 @@ def _seed_sql(dialect: str, runs: int) -> list[str]:
     """
     pkg_cols = (
         "packageid, packagename, parentpackageid, isbatch, isenabled, retrylimit, createdat,"
-        " updatedat"
+        " updatedat, dagid, taskid"
     )
     if pg:
         packages = [
             f"INSERT INTO {p}package ({pkg_cols})"
-            f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base}"
+            f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base}, {dag}, NULL"
             f" FROM generate_series(0, {D - 1}) AS d",
             f"INSERT INTO {p}package ({pkg_cols}) SELECT {D} + d * {T} + t, {dag} || '.' || {task},"
-            f" d + 1, 0, 1, 3, {base}, {base}"
+            f" d + 1, 0, 1, 3, {base}, {base}, {dag}, {task}"
             f" FROM generate_series(0, {D - 1}) AS d CROSS JOIN generate_series(1, {T}) AS t",
         ]
         executions = (
@@ -548,9 +548,10 @@ def _seed_sql(dialect: str, runs: int) -> list[str]:
         )
         packages = [
             f"{rec} INSERT INTO {p}package ({pkg_cols})"
-            f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base} FROM ds",
+            f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base}, {dag}, NULL FROM ds",
             f"{rec} INSERT INTO {p}package ({pkg_cols}) SELECT {D} + d * {T} + t,"
-            f" {dag} || '.' || {task}, d + 1, 0, 1, 3, {base}, {base} FROM ds CROSS JOIN ts",
+            f" {dag} || '.' || {task}, d + 1, 0, 1, 3, {base}, {base}, {dag}, {task}"
+            f" FROM ds CROSS JOIN ts",
         ]
         executions = (
             f"WITH RECURSIVE gs(g) AS"
