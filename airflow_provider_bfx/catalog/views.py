@@ -461,6 +461,29 @@ def timeline(store: CatalogStore, dag_id: str, lineage_id: int) -> Timeline | No
     return store.transaction(work, "view timeline")
 
 
+def routed_dag_ids(store: CatalogStore) -> list[str]:
+    """Every DAG the catalog has a batch package of, sorted (one row per DAG)."""
+
+    def work(conn: Connection) -> list[str]:
+        P = store.s.Package
+        return [
+            str(d)
+            for (d,) in conn.execute(
+                select(P.c.DagId).where(P.c.TaskId.is_(None)).order_by(P.c.DagId)
+            )
+        ]
+
+    return store.transaction(work, "view dag ids")
+
+
+def page_of(dag_ids: Sequence[str], limit: int, after: str | None) -> tuple[list[str], str | None]:
+    """One page of sorted DAG ids after the cursor ``after``, and the next page's cursor."""
+    limit = _page_size(limit)
+    rest = [d for d in sorted(dag_ids) if after is None or d > after]
+    page = rest[:limit]
+    return page, page[-1] if len(rest) > limit else None
+
+
 def overview(store: CatalogStore, dag_ids: Collection[str] | None = None) -> list[DagOverview]:
     """Every DAG in the catalog (or those of ``dag_ids``: the ones the user may read), with its
     last batch and the tasks its next run restarts (R, or D with the audit ID it reuses)."""

@@ -241,14 +241,32 @@ def plan_out(p: operations.Plan) -> PlanOut:
 # -- routes -------------------------------------------------------------------------------------
 
 
-@router.get("/overview", response_model=list[DagOverviewOut])
-def get_overview(user: CurrentUser) -> Any:
-    """Every routed DAG the user may read: its last batch and the tasks waiting for a restart."""
+class OverviewOut(BaseModel):
+    dags: list[DagOverviewOut]
+    total: int = Field(description="routed DAGs the user may read")
+    next_after: str | None = Field(description="pass as ?after= for the next page")
+
+
+def overview_page(user: Any, limit: int, after: str | None) -> tuple[list[Any], int, str | None]:
+    """One page (by DAG id) of the routed DAGs the user may read, with their overview."""
     from airflow_provider_bfx.plugins.access import readable_dag_ids
 
-    all_rows = views.overview(catalog_store())
-    allowed = readable_dag_ids(user, [o.dag_id for o in all_rows])
-    return [_out(DagOverviewOut, o) for o in all_rows if o.dag_id in allowed]
+    store = catalog_store()
+    allowed = sorted(readable_dag_ids(user, views.routed_dag_ids(store)))
+    page, cursor = views.page_of(allowed, limit, after)
+    return views.overview(store, page), len(allowed), cursor
+
+
+@router.get("/overview", response_model=OverviewOut)
+def get_overview(
+    user: CurrentUser,
+    limit: int = Query(100, ge=1, le=views.MAX_PAGE),
+    after: str | None = Query(None, description="DAG id cursor: DAGs after it"),
+) -> Any:
+    """The routed DAGs the user may read (a page by DAG id): each one's last batch and the
+    tasks waiting for a restart (R, or D with the audit ID it will reuse)."""
+    rows, total, cursor = overview_page(user, limit, after)
+    return OverviewOut(dags=[_out(DagOverviewOut, o) for o in rows], total=total, next_after=cursor)
 
 
 @router.get("/dags/{dag_id}/plan", response_model=PlanOut)

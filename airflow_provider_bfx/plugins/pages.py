@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from airflow_provider_bfx.catalog import operations, views
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, NextLoadStatus
 from airflow_provider_bfx.plugins.access import CurrentUser, may_access_dag, require_dag
-from airflow_provider_bfx.plugins.api import catalog_store, plan_of, plan_out
+from airflow_provider_bfx.plugins.api import catalog_store, overview_page, plan_of, plan_out
 from airflow_provider_bfx.plugins.routes import DAG_ROUTE, RUN_ROUTE, TASK_ROUTE
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -96,17 +96,15 @@ def _catalog_label() -> str:
 
 
 @router.get("/recovery", response_class=HTMLResponse)
-def recovery_page(user: CurrentUser) -> HTMLResponse:
-    from airflow_provider_bfx.plugins.access import readable_dag_ids
-
-    rows = views.overview(catalog_store())
-    allowed = readable_dag_ids(user, [o.dag_id for o in rows])
-    shown = [o for o in rows if o.dag_id in allowed]
+def recovery_page(user: CurrentUser, after: str | None = Query(None)) -> HTMLResponse:
+    rows, total, cursor = overview_page(user, 100, after)
     return render(
         "recovery.html",
         title="Recovery",
         page="recovery",
-        rows=shown,
+        rows=rows,
+        total=total,
+        next_after=cursor,
         links=Links(),
         catalog=_catalog_label(),
     )

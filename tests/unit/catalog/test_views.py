@@ -51,6 +51,17 @@ def test_overview_shows_the_last_batch_and_what_waits_for_a_restart(catalog_url:
     assert views.overview(store, set()) == []
 
 
+def test_routed_dags_are_paged_by_id(sqlite_url: str) -> None:
+    store = deployed_store(sqlite_url)
+    for dag in ("c", "a", "b"):
+        run_batch(store, dag, "r1", ["t"])
+    ids = views.routed_dag_ids(store)
+    assert ids == ["a", "b", "c"]
+    assert views.page_of(ids, 2, None) == (["a", "b"], "b")
+    assert views.page_of(ids, 2, "b") == (["c"], None)
+    assert views.page_of(["x"], 5, None) == (["x"], None)
+
+
 def test_batches_are_paginated_newest_first(sqlite_url: str) -> None:
     store = deployed_store(sqlite_url)
     for n in range(1, 6):
