@@ -25,7 +25,10 @@ After one untimed warm-up run of each DAG, every round:
   tasks in that run (only_failed false, reset_dag_runs true), timed from the clear call until
   the run is terminal again. The failure is injected through the run's conf, which a cleared run
   keeps, so the benchmark first empties ``dag_run.conf`` of that run in the metadata database
-  (untimed): the cause of the failure is fixed, as it is for the routed new run.
+  (untimed): the cause of the failure is fixed, as it is for the routed new run; (c) routed,
+  in place: another routed run failing at 48 (untimed), its conf emptied likewise, then ``POST
+  /bfx/api/v1/dags/<dag>/resume`` (``bfx resume``: Airflow clears the failed and
+  upstream_failed tasks of that run), timed from the call until the run is terminal again.
 
 The variants alternate which goes first from one round to the next. Every run is checked (run
 state, task states, catalog rows and batch status); a run in an unexpected state is an error
@@ -85,11 +88,12 @@ POLL_SECONDS = 0.2
 RUN_TIMEOUT = 900.0
 GOAL_FRESH = 1.05  # routed fresh run <= 1.05x the plain fresh run (wall)
 GOAL_RESUME = 1.5  # routed resumed new run <= 1.5x Airflow's clear + downstream (wall)
-KINDS = ("plain_fresh", "routed_fresh", "routed_resumed", "plain_clear")
+KINDS = ("plain_fresh", "routed_fresh", "routed_resumed", "routed_in_place", "plain_clear")
 LABELS = {
     "plain_fresh": "plain fresh run (52 tasks)",
     "routed_fresh": "routed fresh run (52 tasks)",
     "routed_resumed": "routed resumed: new run after the failure",
+    "routed_in_place": "routed: bfx resume in place (API)",
     "plain_clear": "plain: clear load_table_48 + downstream",
     "warmup_routed": "warm-up, routed (untimed)",
     "warmup_plain": "warm-up, plain (untimed)",
@@ -341,6 +345,29 @@ class Bench:
             raise BenchError(f"resumed run {sample.run_id} did not resume batch {batch1}")
         return sample
 
+    def routed_in_place(self, rnd: str) -> Sample:
+        """The in-place path: the failed routed run resumed by ``POST /bfx/api/v1/dags/{dag}/
+        resume`` (Airflow clears its failed and upstream_failed tasks), timed from the call
+        until the run is terminal again."""
+        failed = self.window(rnd, "routed_failed", ROUTED, self.trigger(ROUTED, FAIL_CONF))
+        self.failed_at_48(failed)
+        batch1 = self.batch(failed, ("F", "R"))
+        self.forget_conf(failed.run_id, ROUTED)  # untimed: the cause of the failure is fixed
+        answers: list[dict[str, Any]] = []
+
+        def resume() -> str:
+            answers.append(self.api.call("POST", f"/bfx/api/v1/dags/{ROUTED}/resume", json={}))
+            return failed.run_id
+
+        sample = self.window(rnd, "routed_in_place", ROUTED, resume)
+        if set(answers[0]["cleared"]) != RESUMED_TASKS:
+            raise BenchError(f"resume of {failed.run_id}: {answers[0]}")
+        self.expect(sample, "success", {"success": TASKS}, len(RESUMED_TASKS))
+        batch2 = self.batch(sample, ("S", "P"))
+        if batch2.ExecutionID != batch1.ExecutionID:
+            raise BenchError(f"in-place resume of {failed.run_id} did not reopen {batch1}")
+        return sample
+
     def plain_clear(self, rnd: str) -> Sample:
         failed = self.window(rnd, "plain_failed", PLAIN, self.trigger(PLAIN, FAIL_CONF))
         self.failed_at_48(failed)
@@ -367,7 +394,7 @@ class Bench:
         self.no_plain_rows()
         return sample
 
-    def forget_conf(self, run_id: str) -> None:
+    def forget_conf(self, run_id: str, dag_id: str = PLAIN) -> None:
         """Empty ``dag_run.conf`` of one run in the metadata DB: the REST API cannot (PATCH
         dagRuns takes state and note only), and a cleared run keeps its conf."""
         engine = create_engine(self.deployment.metadata_db_url, poolclass=NullPool)
@@ -378,12 +405,12 @@ class Bench:
                         "UPDATE dag_run SET conf = CAST('{}' AS JSONB)"
                         " WHERE dag_id = :dag_id AND run_id = :run_id"
                     ),
-                    {"dag_id": PLAIN, "run_id": run_id},
+                    {"dag_id": dag_id, "run_id": run_id},
                 ).rowcount
         finally:
             engine.dispose()
         if done != 1:
-            raise BenchError(f"conf of {PLAIN}/{run_id}: {done} rows updated")
+            raise BenchError(f"conf of {dag_id}/{run_id}: {done} rows updated")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +516,7 @@ def report(
     med = {k: median_of(samples, k, lambda s: s.seconds) for k in KINDS}
     fresh_ratio = med["routed_fresh"] / med["plain_fresh"]
     resume_ratio = med["routed_resumed"] / med["plain_clear"]
+    in_place_ratio = med["routed_in_place"] / med["plain_clear"]
     rep("Medians (timed runs)")
     rep("--------------------")
     rows = []
@@ -499,6 +527,8 @@ def report(
             ratio = f"{fresh_ratio:.3f} x plain fresh"
         elif k == "routed_resumed":
             ratio = f"{resume_ratio:.3f} x plain clear"
+        elif k == "routed_in_place":
+            ratio = f"{in_place_ratio:.3f} x plain clear"
         elif k == "plain_clear":
             ratio = f"{med[k] / med['plain_fresh']:.3f} x plain fresh"
         rows.append(
@@ -534,7 +564,7 @@ def report(
         [name] + [fmt(median_of(samples, k, lambda s, n=name: s.cpu[n])) for k in KINDS]
         for name in COMPONENTS
     ]
-    rep.table(["component"] + [k.replace("_", " ") for k in KINDS], rows, "lrrrr")
+    rep.table(["component"] + [k.replace("_", " ") for k in KINDS], rows, "lrrrrr")
     rep("  the task processes are descendants of the scheduler (LocalExecutor workers)")
     rep()
     rep("Goals (performance issue)")
@@ -553,6 +583,12 @@ def report(
                 f"routed resumed new run <= {GOAL_RESUME:.2f}x plain clear + downstream (wall)",
                 f"{med['routed_resumed']:.2f} s / {med['plain_clear']:.2f} s = {resume_ratio:.3f}x",
                 verdict(resume_ok),
+            ],
+            [
+                f"routed resume in place <= {GOAL_RESUME:.2f}x plain clear + downstream (wall)",
+                f"{med['routed_in_place']:.2f} s / {med['plain_clear']:.2f} s"
+                f" = {in_place_ratio:.3f}x",
+                verdict(in_place_ratio <= GOAL_RESUME),
             ],
         ],
         "lll",
@@ -641,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             for routed in order:
                 if routed:
                     bench.routed_resume(rnd)
+                    bench.routed_in_place(rnd)
                 else:
                     bench.plain_clear(rnd)
         load_end = loadavg()

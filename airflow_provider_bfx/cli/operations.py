@@ -1,4 +1,5 @@
-"""``bfx plan``, ``bfx history``, ``bfx reset``, ``bfx recover``: the on-call verbs.
+"""``bfx plan``, ``bfx history``, ``bfx reset``, ``bfx resume``, ``bfx recover``: the on-call
+verbs.
 
 Each reaches the catalog like ``bfx catalog init`` does (``--url`` or ``--conn-id``) and prints
 plain text a person can read at 2 a.m.: one line per task, the decision first, then why.
@@ -45,6 +46,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     reset.add_argument("--task", metavar="TASK_ID", help="reset only this task")
     _add_target_arguments(reset)
     reset.set_defaults(func=run_reset)
+
+    resume = subparsers.add_parser(
+        "resume",
+        help="resume the DAG's failed run in place: clear its failed tasks through Airflow"
+        " (needs Airflow's metadata DB; the tasks that succeeded start nothing)",
+    )
+    resume.add_argument("dag_id")
+    resume.add_argument(
+        "--run-id", help="the failed run (default: the run of the DAG's latest batch)"
+    )
+    resume.add_argument(
+        "--dry-run", action="store_true", help="say what would be cleared, clear nothing"
+    )
+    _add_target_arguments(resume)
+    resume.set_defaults(func=run_resume)
 
     recover = subparsers.add_parser(
         "recover", help="expiry scan: close executions whose lease expired (BFX_LEASE_EXPIRED)"
@@ -130,6 +146,28 @@ def run_reset(args: argparse.Namespace) -> int:
         store.engine.dispose()
     print(result.message)
     return EXIT_OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from airflow_provider_bfx.resume_in_place import ResumeRefused, resume_failed_run
+
+    store, _ = _store(args)
+    try:
+        result = resume_failed_run(store, args.dag_id, args.run_id, dry_run=args.dry_run)
+    except ResumeRefused as exc:
+        raise CliError(str(exc), EXIT_FAILED) from exc
+    finally:
+        store.engine.dispose()
+    print(result.message)
+    if not result.dry_run:
+        from airflow_provider_bfx.audit import cli_user, record_action
+
+        record_action("bfx.resume", cli_user(), args.dag_id, None, _resume_outcome(result))
+    return EXIT_OK
+
+
+def _resume_outcome(result: Any) -> dict[str, Any]:
+    return {"run_id": result.run_id, "cleared": result.cleared, "message": result.message}
 
 
 def run_recover(args: argparse.Namespace) -> int:

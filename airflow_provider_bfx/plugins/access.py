@@ -13,14 +13,12 @@ event ``bfx.reset``, the user, the DAG and task, and what the reset changed (dec
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, status
 
-log = logging.getLogger("airflow_provider_bfx.plugins")
+from airflow_provider_bfx.audit import record_action
 
 Method = Literal["GET", "PUT"]
 
@@ -88,25 +86,4 @@ def user_name(user: Any) -> str:
 
 def record_reset(user: Any, dag_id: str, task_id: str | None, outcome: dict[str, Any]) -> None:
     """Write the reset to Airflow's audit log (``log`` table, event ``bfx.reset``)."""
-    from airflow.models.log import Log
-    from airflow.utils.session import create_session
-
-    name = user_name(user)
-    with create_session() as session:
-        session.add(
-            Log(
-                event="bfx.reset",
-                dag_id=dag_id,
-                task_id=task_id,
-                owner=name,
-                owner_display_name=name,
-                extra=json.dumps(outcome, default=str),
-            )
-        )
-    log.info(
-        "[bfx.reset] dag_id=%s task_id=%s user=%s changed_rows=%s",
-        dag_id,
-        task_id,
-        name,
-        outcome.get("changed_rows"),
-    )
+    record_action("bfx.reset", user_name(user), dag_id, task_id, outcome)

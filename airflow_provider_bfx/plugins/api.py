@@ -17,10 +17,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
+from airflow_provider_bfx.audit import record_action
 from airflow_provider_bfx.catalog import operations, views
 from airflow_provider_bfx.catalog.machine import ResumeScope
 from airflow_provider_bfx.catalog.store import CatalogStore
-from airflow_provider_bfx.plugins.access import CurrentUser, record_reset, require_dag
+from airflow_provider_bfx.plugins.access import CurrentUser, record_reset, require_dag, user_name
+from airflow_provider_bfx.resume_in_place import ResumeRefused, resume_failed_run
 
 router = APIRouter(prefix="/api/v1", tags=["bfx recovery"])
 
@@ -197,6 +199,26 @@ class ResetOut(BaseModel):
     recorded_in: str = "Airflow audit log (event bfx.reset)"
 
 
+class ResumeIn(BaseModel):
+    run_id: str | None = Field(
+        default=None, description="the failed run (default: the run of the DAG's latest batch)"
+    )
+    dry_run: bool = Field(default=False, description="say what would be cleared, clear nothing")
+
+
+OptionalResumeBody = Annotated[ResumeIn | None, Body()]
+
+
+class ResumeOut(BaseModel):
+    dag_id: str
+    run_id: str
+    batch_execution_id: int
+    cleared: list[str]
+    dry_run: bool
+    message: str
+    recorded_in: str = "Airflow audit log (event bfx.resume)"
+
+
 class RecoverOut(BaseModel):
     closed: int
     log_lines: list[str]
@@ -365,6 +387,30 @@ def post_reset(dag_id: str, user: CurrentUser, body: OptionalResetBody = None) -
         message=result.message,
     )
     record_reset(user, dag_id, task_id, out.model_dump(exclude={"recorded_in"}))
+    return out
+
+
+@router.post("/dags/{dag_id}/resume", response_model=ResumeOut)
+def post_resume(dag_id: str, user: CurrentUser, body: OptionalResumeBody = None) -> Any:
+    """Resume the DAG's failed run in place (as ``bfx resume``): Airflow clears its failed and
+    upstream_failed task instances; the tasks that succeeded start nothing (decision 0102)."""
+    require_dag(user, dag_id, "PUT")
+    request = body or ResumeIn()
+    try:
+        result = resume_failed_run(catalog_store(), dag_id, request.run_id, dry_run=request.dry_run)
+    except ResumeRefused as exc:
+        code = status.HTTP_404_NOT_FOUND if exc.not_found else status.HTTP_409_CONFLICT
+        raise HTTPException(code, str(exc)) from exc
+    out = ResumeOut(
+        dag_id=dag_id,
+        run_id=result.run_id,
+        batch_execution_id=result.batch_execution_id,
+        cleared=result.cleared,
+        dry_run=result.dry_run,
+        message=result.message,
+    )
+    if not result.dry_run:
+        record_action("bfx.resume", user_name(user), dag_id, None, out.model_dump())
     return out
 
 

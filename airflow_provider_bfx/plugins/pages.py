@@ -10,6 +10,7 @@ Links to another view open it in Airflow (``target=_top``), where it is a tab ag
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,9 +21,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from airflow_provider_bfx.catalog import operations, views
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, NextLoadStatus
+from airflow_provider_bfx.catalog.store import CatalogStore
 from airflow_provider_bfx.plugins.access import CurrentUser, may_access_dag, require_dag
 from airflow_provider_bfx.plugins.api import catalog_store, overview_page, plan_of, plan_out
 from airflow_provider_bfx.plugins.routes import DAG_ROUTE, RUN_ROUTE, TASK_ROUTE
+from airflow_provider_bfx.resume_in_place import ResumeRefused, resume_failed_run
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -118,6 +121,7 @@ def dag_page(dag_id: str, user: CurrentUser, before: int | None = Query(None)) -
     page = views.batch_page(store, dag_id, 25, before)
     lineage_id = page.batches[0].lineage_id if page.batches and before is None else None
     lineage = views.timeline(store, dag_id, lineage_id) if lineage_id is not None else None
+    can_edit = may_access_dag(user, dag_id, "PUT")
     previews: dict[str | None, str] = {None: operations.reset_preview(plan)}
     for t in plan.tasks:
         previews.setdefault(t.task_id, operations.reset_preview(plan, t.task_id))
@@ -132,9 +136,34 @@ def dag_page(dag_id: str, user: CurrentUser, before: int | None = Query(None)) -
         lineage_id=lineage_id,
         links=Links(dag_id),
         previews=previews,
-        can_edit=may_access_dag(user, dag_id, "PUT"),
+        can_edit=can_edit,
         api_reset=f"/bfx/api/v1/dags/{_q(dag_id)}/reset",
+        resume=_resume_offer(store, dag_id) if can_edit and before is None else None,
+        api_resume=f"/bfx/api/v1/dags/{_q(dag_id)}/resume",
     )
+
+
+@dataclass(frozen=True)
+class _ResumeOffer:
+    run_id: str
+    cleared: list[str]
+    preview: str
+
+
+def _resume_offer(store: CatalogStore, dag_id: str) -> _ResumeOffer | None:
+    """The resume-in-place button of the DAG page: offered when the DAG's latest batch failed
+    and Airflow has failed task instances to clear in its run (a dry run, nothing changes)."""
+    try:
+        dry = resume_failed_run(store, dag_id, dry_run=True)
+    except ResumeRefused:
+        return None
+    preview = (
+        f"Airflow clears {len(dry.cleared)} failed task instance(s) of run {dry.run_id}:"
+        f" {', '.join(dry.cleared)}. They run again in that run, each decided by its failed"
+        " row (retry, or compute-only restart); the tasks that succeeded keep their state and"
+        " start nothing. (A new run would instead resume the lineage as planned above.)"
+    )
+    return _ResumeOffer(dry.run_id, dry.cleared, preview)
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}", response_class=HTMLResponse)

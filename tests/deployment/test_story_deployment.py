@@ -270,3 +270,69 @@ def test_reset_from_the_browser_starts_the_next_run_fresh(setup: Setup) -> None:
     batch = wait_batch_closed(catalog, deployment, CHAIN, fresh)
     assert batch.LineageID == batch.ExecutionID != failed_batch.LineageID
     assert batch.AttemptNumber == 1
+
+
+@ui
+def test_resume_in_place_reruns_only_the_failed_tasks(setup: Setup) -> None:
+    """A chain fails at ``transform``. The read-only user may not resume; ``bfx resume
+    --dry-run`` (the CLI, in the deployment's environment) says what would be cleared; the
+    admin resumes the run in place from the browser (the view calls the API): Airflow clears
+    ``transform`` and ``load`` in the same run, ``extract`` does not run again, the catalog
+    reopens the run's batch (same execution, same lineage) and retries ``transform`` from its
+    failed row; the resume is in
+    Airflow's audit log, and a second resume is refused (the batch is no longer failed)."""
+    deployment, catalog, _, ledgers = setup
+    api = deployment.api
+    api.wait_dag_parsed(CHAIN, timeout=90)
+    failed = api.trigger(CHAIN, conf={"fail_first_try": ["transform"]})
+    assert api.wait_run(CHAIN, failed, timeout=180) == "failed"
+    batch = wait_batch_closed(catalog, deployment, CHAIN, failed)
+    assert (batch.ExecutionStatus, batch.NextLoadStatus) == ("F", "R")
+    assert ran(ledger(ledgers, CHAIN), failed) == ["extract"]
+    first_try = catalog.task_rows(deployment, CHAIN, failed)
+
+    refused = deployment.viewer.post(f"{API}/dags/{CHAIN}/resume")
+    assert refused.status_code == 403, refused.text
+    dry = deployment.run_cli("bfx", "resume", CHAIN, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"run {failed} of {CHAIN}" in dry.stdout
+    assert "would clear 2 failed task instance(s): load, transform" in dry.stdout
+    # The dry run changed nothing.
+    assert api.task_states(CHAIN, failed)[("transform", -1)] == "failed"
+    older = api.post(f"{API}/dags/{CHAIN}/resume", {"run_id": "not-the-latest"})
+    assert older.status_code == 409 and "not the latest batch" in older.text, older.text
+
+    # The admin resumes from the DAG's recovery view, after a confirmation naming the run.
+    with Browser(deployment.base_url, SCREENSHOTS) as browser:
+        browser.login(ADMIN_USER, ADMIN_PASSWORD)
+        with browser.view(f"/dags/{CHAIN}/plugin/bfx-recovery-dag", "dag") as view:
+            view.one("button[data-resume=run]").click()
+            confirm = view.wait("the confirmation", lambda: view.css("#resume-confirm.open"))[0]
+            assert f"of run {failed}: load, transform" in confirm.text
+            view.shot("recovery-resume-confirm")
+            view.one("#resume-yes").click()
+            status = view.wait(
+                "the resume's answer",
+                lambda: view.one("#resume-result").get_attribute("data-status"),
+            )
+            assert status == "200", view.one("#resume-result").text
+            assert "cleared 2 failed task instance(s)" in view.one("#resume-result").text
+    assert api.wait_run(CHAIN, failed, timeout=180) == "success"
+    assert ran(ledger(ledgers, CHAIN), failed) == ["extract", "transform", "load"]
+    assert Counter(api.task_states(CHAIN, failed).values()) == Counter({"success": 3})
+
+    rows = catalog.rows(deployment, CHAIN, failed)
+    per_task = Counter(r.TaskId for r in rows if r.TaskId is not None)
+    assert per_task == Counter({"extract": 1, "transform": 2, "load": 1})  # extract: no new row
+    again = catalog.task_rows(deployment, CHAIN, failed)
+    assert again["extract"].ExecutionID == first_try["extract"].ExecutionID
+    assert again["transform"].ExecutionStatus == "S"
+    assert again["transform"].OriginalExecutionID == first_try["transform"].ExecutionID
+    closed = wait_batch_closed(catalog, deployment, CHAIN, failed)
+    assert (closed.ExecutionID, closed.LineageID) == (batch.ExecutionID, batch.LineageID)
+    assert (closed.ExecutionStatus, closed.NextLoadStatus) == ("S", "P")
+
+    audit = api.call("GET", "eventLogs", params={"event": "bfx.resume", "dag_id": CHAIN})
+    assert [(e["owner"], e["run_id"]) for e in audit["event_logs"]] == [("admin", failed)]
+    second = api.post(f"{API}/dags/{CHAIN}/resume")
+    assert second.status_code == 409 and "not F" in second.text, second.text

@@ -1,7 +1,8 @@
 """A routed three-task chain for the deployment tests: ``extract >> transform >> load``.
 
 Each task appends ``<run_id> <task_id>`` to ``$BFX_DEPLOY_LEDGER_DIR/bfx_deploy_chain.ledger``
-(what really ran) and fails when its task id is in the run's conf ``{"fail": [...]}``.
+(what really ran) and fails when its task id is in the run's conf ``{"fail": [...]}``, or
+in ``{"fail_first_try": [...]}`` on its first try only (a run cleared afterwards succeeds).
 ``{"sleep": {"transform": 60}}`` makes a task sleep first (a process to kill with SIGKILL).
 """
 
@@ -24,6 +25,8 @@ def _work(context: Any) -> None:
         time.sleep(float(pause))
     if ti.task_id in (conf.get("fail") or []):
         raise RuntimeError(f"{ti.task_id}: injected failure")
+    if ti.task_id in (conf.get("fail_first_try") or []) and ti.try_number == 1:
+        raise RuntimeError(f"{ti.task_id}: injected failure (first try only)")
     ledger = Path(os.environ["BFX_DEPLOY_LEDGER_DIR"], f"{ti.dag_id}.ledger")
     with open(ledger, "a", encoding="utf-8") as out:
         out.write(f"{ti.run_id} {ti.task_id}\n")
