@@ -10,6 +10,8 @@ row in the version table ``bfx.bfx_alembic_version`` (unqualified on SQLite):
 * :func:`check_schema` is what every user of the catalog calls before its first statement: one
   query, and if the schema is missing or at another revision an error that says what is wrong
   and which command fixes it, instead of a "relation does not exist" halfway through a task.
+  Its common case (the catalog is current) is :func:`.revision.check_schema`, which needs no
+  Alembic import (a task process would pay for it).
 
 No Airflow import here: the CLI's ``ddl`` verb and the tests run without Airflow.
 """
@@ -28,20 +30,19 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError, Problem
-from airflow_provider_bfx.catalog.schema import SCHEMA_NAME, SUPPORTED_DIALECTS, build_schema
+from airflow_provider_bfx.catalog.revision import VERSION_TABLE as VERSION_TABLE
+from airflow_provider_bfx.catalog.revision import catalog_schema_name as catalog_schema_name
+from airflow_provider_bfx.catalog.revision import version_table
+from airflow_provider_bfx.catalog.schema import SUPPORTED_DIALECTS, build_schema
 
 PRODUCT = "airflow-provider-bfx"
 
 #: The Alembic environment shipped in the package. Read at call time, not import time.
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
-
-#: Alembic's version table, kept in the catalog's own schema under a name of its own, so that it
-#: never collides with the ``alembic_version`` of another application in the same database.
-VERSION_TABLE = "bfx_alembic_version"
 
 # Driverless URLs: they name the dialect for offline rendering and never import a DB driver.
 _OFFLINE_URLS = {"postgresql": "postgresql://", "mssql": "mssql://", "sqlite": "sqlite://"}
@@ -74,11 +75,6 @@ def require_dialect(dialect: str) -> None:
         raise ValueError(
             f"unsupported catalog dialect {dialect!r}: use one of {', '.join(SUPPORTED_DIALECTS)}"
         )
-
-
-def catalog_schema_name(dialect: str) -> str | None:
-    """The schema that holds the catalog (and its version table) on ``dialect``."""
-    return None if dialect == "sqlite" else SCHEMA_NAME
 
 
 def offline_url(dialect: str) -> str:
@@ -144,7 +140,7 @@ def check_schema(engine: Engine) -> None:
     failure: DBAPIError | None = None
     with engine.connect() as conn:  # not reachable: the driver's error propagates as is
         try:
-            found = tuple(conn.execute(select(_version_table(dialect).c.version_num)).scalars())
+            found = tuple(conn.execute(select(version_table(dialect).c.version_num)).scalars())
         except DBAPIError as exc:
             failure = exc
     if failure is not None and failure.connection_invalidated:
@@ -267,15 +263,6 @@ def _migration_context(conn: Connection, dialect: str) -> MigrationContext:
     return MigrationContext.configure(
         conn,
         opts={"version_table": VERSION_TABLE, "version_table_schema": catalog_schema_name(dialect)},
-    )
-
-
-def _version_table(dialect: str) -> Table:
-    return Table(
-        VERSION_TABLE,
-        MetaData(),
-        Column("version_num", String(32), primary_key=True),
-        schema=catalog_schema_name(dialect),
     )
 
 

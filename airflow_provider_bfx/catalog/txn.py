@@ -64,7 +64,7 @@ class Catalog:
         """Run ``work(conn)`` in one transaction, re-run from its start on a transient error
         (briefly; then :class:`CatalogUnavailableError`). ``what`` names it in that error."""
         if not self._schema_checked:
-            from airflow_provider_bfx.catalog.migrate import check_schema
+            from airflow_provider_bfx.catalog.revision import check_schema
 
             self._with_retries(lambda: check_schema(self.engine), what)
             self._schema_checked = True

@@ -282,12 +282,15 @@ class BfxCatalogHook(DbApiHook):
         """
         from sqlalchemy.exc import DBAPIError
 
+        from airflow_provider_bfx.catalog import revision
         from airflow_provider_bfx.catalog.errors import catalog_error
-        from airflow_provider_bfx.catalog.migrate import upgrade
         from airflow_provider_bfx.catalog.store import CatalogStore
 
         engine = self.get_catalog_engine()
-        if self.is_embedded:
+        # Deployed already (the common case): one query, no Alembic import (catalog/revision.py).
+        if self.is_embedded and not revision.is_current(engine):
+            from airflow_provider_bfx.catalog.migrate import upgrade
+
             try:
                 upgrade(engine)
             except DBAPIError as exc:
