@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, insert, select, update
+from sqlalchemy import Connection, Select, func, insert, select, update
 
 from airflow_provider_bfx.catalog import keys
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -43,11 +43,12 @@ def ensure_package_txn(
     if row is not None:
         return row
     task = E.c.TaskId.is_(None) if task_id is None else E.c.TaskId == task_id
+    # The first such execution, as min() over an index seek (ix_execution_dag_task_run): with
+    # ORDER BY ExecutionID LIMIT 1 PostgreSQL walks the primary key, which for a package seen
+    # for the first time (no row matches) reads the whole table (issue 12).
+    first = select(func.min(E.c.ExecutionID)).where(E.c.DagId == dag_id, task).scalar_subquery()
     orphan = conn.execute(
-        select(E.c.ExecutionID, E.c.PackageID)
-        .where(E.c.DagId == dag_id, task)
-        .order_by(E.c.ExecutionID)
-        .limit(1)
+        select(E.c.ExecutionID, E.c.PackageID).where(E.c.ExecutionID == first)
     ).first()
     if orphan is not None:
         # A start racing this one may have committed the package and its first execution

@@ -223,6 +223,10 @@ def build_schema(dialect: str) -> CatalogSchema:
         Index("ix_execution_status_lease", "ExecutionStatus", "LeaseExpiresAt"),
         # Joins from Airflow's own tables.
         Index("ix_execution_dag_run", "DagId", "RunId"),
+        # The gate's upstream check (the latest row of each upstream task and map index of one
+        # DAG run) and a task package's first registration, whatever the run's size or the
+        # history (migration 0003, decision 0100).
+        Index("ix_execution_dag_task_run", "DagId", "TaskId", "RunId", "MapIndex", "ExecutionID"),
     )
 
     execution_error = Table(

@@ -27,7 +27,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
-from airflow_provider_bfx.catalog import adoption, batches, checkpoints, keys, leases, tasks
+from airflow_provider_bfx.catalog import (
+    adoption,
+    batches,
+    checkpoints,
+    keys,
+    leases,
+    tasks,
+    upstreams,
+)
 from airflow_provider_bfx.catalog.codes import CheckpointType
 from airflow_provider_bfx.catalog.errors import CatalogUnavailableError as CatalogUnavailableError
 from airflow_provider_bfx.catalog.facts import deciding_batch_query as _deciding_batch_query
@@ -286,6 +294,20 @@ class CatalogStore(Catalog):
             for row in self.executions(dag_id, run_id)
             if row.TaskId is not None
         ]
+
+    def latest_task_records(
+        self, dag_id: str, run_id: str, task_ids: Iterable[str]
+    ) -> list[ExecutionRecord]:
+        """The latest row of each (task, map index) of ``task_ids`` in one DAG run, oldest
+        first: what the gate's upstream check reads. Its cost follows the number of those
+        rows, not the run's size (:mod:`.upstreams`, decision 0100)."""
+        wanted = tuple(task_ids)  # read once: a retried transaction reads the same tasks
+        if not wanted:
+            return []
+        return self.transaction(
+            lambda conn: upstreams.latest_task_rows_txn(self, conn, dag_id, run_id, wanted),
+            "read",
+        )
 
     def executions(self, dag_id: str, run_id: str | None = None) -> Sequence[Any]:
         """Rows of a DAG (optionally one run), oldest first: for ``bfx history`` and the demo."""

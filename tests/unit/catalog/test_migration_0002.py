@@ -97,7 +97,7 @@ def executions(store: CatalogStore) -> dict[int, Any]:
 
 def test_upgrade_gives_every_task_and_dag_its_own_package(engine: Engine) -> None:
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     store = CatalogStore(engine)
     pkgs = packages(store)
     assert {k: (p.PackageName, p.IsBatch) for k, p in pkgs.items()} == {
@@ -195,7 +195,7 @@ def test_upgrade_script_for_a_dba_converts_the_same_way(sqlite_url: str) -> None
             raw.driver_connection.executescript(script)  # type: ignore[union-attr]
         finally:
             raw.close()
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         store = CatalogStore(engine)
         assert {k: p.PackageName for k, p in packages(store).items()}[("a.b", "c")] == "a.b/c"
         by_id = {p.PackageID: key for key, p in packages(store).items()}
@@ -207,7 +207,7 @@ def test_upgrade_script_for_a_dba_converts_the_same_way(sqlite_url: str) -> None
 
 def test_downgrade_refuses_when_old_names_would_collide(engine: Engine) -> None:
     """Back to 0001 would give ``a.b.c`` to two packages again: the database refuses, and the
-    catalog stays at 0002 with every row as it was."""
+    catalog stays at its head revision with every row as it was."""
     upgrade(engine)
     store = CatalogStore(engine)
     before = {k: p.PackageName for k, p in packages(store).items()}
@@ -216,13 +216,14 @@ def test_downgrade_refuses_when_old_names_would_collide(engine: Engine) -> None:
     with pytest.raises(IntegrityError, match="(?i)unique"), engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "0001")
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     assert {k: p.PackageName for k, p in packages(store).items()} == before
 
 
 def test_migrations_build_exactly_the_schema_the_store_queries(pg_url: str) -> None:
-    """Alembic's autogenerate, comparing a catalog built by 0001 + 0002 with ``build_schema``:
-    no column, type, nullability or index differs (PostgreSQL reflects all of them)."""
+    """Alembic's autogenerate, comparing a catalog built by the migrations (0001 to 0003) with
+    ``build_schema``: no column, type, nullability or index differs (PostgreSQL reflects all of
+    them)."""
     engine = create_catalog_engine(pg_url)
     try:
         upgrade(engine)

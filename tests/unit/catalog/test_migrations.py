@@ -2,7 +2,7 @@
 
 Everything runs against real databases (a fresh SQLite file, a fresh PostgreSQL database) and
 real Alembic. An "older" catalog is made honestly: a copy of the shipped migrations with one
-more revision (0003) on top, so that the shipped head (0002) *is* the older revision.
+more revision (0004) on top, so that the shipped head (0003) *is* the older revision.
 """
 
 from __future__ import annotations
@@ -106,15 +106,15 @@ CONTRACT_COLUMNS: dict[str, list[str]] = {
 
 WORKERS = 3
 
-REVISION_0003 = '''"""Test-only revision on top of the shipped ones: adds Package.Note."""
+REVISION_0004 = '''"""Test-only revision on top of the shipped ones: adds Package.Note."""
 
 from alembic import op
 from sqlalchemy import Column, Unicode
 
 from airflow_provider_bfx.catalog.schema import build_schema
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -156,15 +156,15 @@ def engine(catalog_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def migrations_with_0003(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The shipped migrations plus a revision 0003: the shipped head 0002 becomes 'older'."""
-    return install_migrations_with_0003(tmp_path, monkeypatch)
+def migrations_with_0004(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped migrations plus a revision 0004: the shipped head 0003 becomes 'older'."""
+    return install_migrations_with_0004(tmp_path, monkeypatch)
 
 
-def install_migrations_with_0003(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def install_migrations_with_0004(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     location = tmp_path / "migrations"
     shutil.copytree(migrate.SCRIPT_LOCATION, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0003_add_package_note.py").write_text(REVISION_0003)
+    (location / "versions" / "0004_add_package_note.py").write_text(REVISION_0004)
     monkeypatch.setattr(migrate, "SCRIPT_LOCATION", str(location))
     return location
 
@@ -279,7 +279,7 @@ def test_upgrade_on_empty_database_creates_every_table_index_and_the_revision(
             uq["name"] for uq in inspector.get_unique_constraints(table.name, schema=table.schema)
         } == {c.name for c in table.constraints if isinstance(c, UniqueConstraint)}
     assert inspector.has_table(migrate.VERSION_TABLE, schema=catalog.schema)
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     check_schema(engine)
 
 
@@ -302,7 +302,7 @@ def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text(f"SELECT PackageName FROM {p}Package")).scalars().all() == ["kept"]
         versions = conn.execute(text(f"SELECT version_num FROM {p}bfx_alembic_version")).all()
-    assert versions == [("0002",)]
+    assert versions == [("0003",)]
 
 
 def _upgrade_worker(url: str, barrier: Any, errors: Any) -> None:
@@ -423,22 +423,22 @@ def test_check_schema_on_a_current_catalog_is_one_query(engine: Engine) -> None:
 
 
 def test_check_schema_on_older_revision_names_upgrade_and_upgrade_brings_it_up(
-    engine: Engine, migrations_with_0003: Path
+    engine: Engine, migrations_with_0004: Path
 ) -> None:
-    upgrade(engine, "0002")
-    assert head_revision() == "0003"
+    upgrade(engine, "0003")
+    assert head_revision() == "0004"
 
     with pytest.raises(CatalogSchemaError) as caught:
         check_schema(engine)
     message = str(caught.value)
-    assert "revision 0002" in message
-    assert "needs revision 0003" in message
+    assert "revision 0003" in message
+    assert "needs revision 0004" in message
     assert "bfx catalog upgrade" in message
 
     upgrade(engine)
 
     check_schema(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     p = prefix(engine.dialect.name)
     with engine.connect() as conn:
         assert conn.execute(text(f"SELECT PackageID, Note FROM {p}Package")).all() == []
@@ -490,9 +490,9 @@ def test_offline_script_starts_with_a_header_naming_product_revision_and_dialect
     script = offline_sql(dialect)
 
     first = script.splitlines()[0]
-    assert first == f"-- airflow-provider-bfx catalog schema, revision 0002, dialect {dialect}"
+    assert first == f"-- airflow-provider-bfx catalog schema, revision 0003, dialect {dialect}"
     assert f"`bfx catalog ddl --dialect {dialect}`" in script.split("\n\n")[0]
-    assert "version_num='0002'" in script  # the version row check_schema looks for
+    assert "version_num='0003'" in script  # the version row check_schema looks for
 
 
 def test_offline_postgresql_script_run_by_hand_gives_a_working_catalog(pg_url: str) -> None:
@@ -513,7 +513,7 @@ def test_offline_postgresql_script_run_by_hand_gives_a_working_catalog(pg_url: s
 
     with catalog_engine(pg_url) as engine:
         check_schema(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
         exercise_catalog(engine)
 
 
@@ -539,23 +539,23 @@ def test_offline_sqlite_script_run_by_hand_matches_the_online_upgrade(tmp_path: 
 
 
 def test_offline_upgrade_script_from_an_older_revision(
-    tmp_path: Path, migrations_with_0003: Path
+    tmp_path: Path, migrations_with_0004: Path
 ) -> None:
     db = tmp_path / "catalog.db"
     with catalog_engine(f"sqlite:///{db}") as engine:
-        upgrade(engine, "0002")
+        upgrade(engine, "0003")
 
-    script = offline_sql("sqlite", from_revision="0002")
+    script = offline_sql("sqlite", from_revision="0003")
 
-    assert "CREATE TABLE" not in script  # only the step from 0002 to 0003
+    assert "CREATE TABLE" not in script  # only the step from 0003 to 0004
     assert "ALTER TABLE" in script
-    assert "UPDATE bfx_alembic_version SET version_num='0003'" in script
+    assert "UPDATE bfx_alembic_version SET version_num='0004'" in script
     with sqlite3.connect(db) as dbapi:
         dbapi.executescript(script)
     dbapi.close()
     with catalog_engine(f"sqlite:///{db}") as engine:
         check_schema(engine)
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
 
 
 def test_offline_mssql_script_is_tsql_with_go_batches() -> None:

@@ -364,6 +364,8 @@ def workload(store: CatalogStore, clock: FakeClock, rec: Recorder) -> list[tuple
     history = call("executions", store.executions, DAG)
     out.append(("history", [tuple(r) for r in history]))
     call("executions", store.executions, DAG, "r1")
+    latest = call("latest_task_records", store.latest_task_records, DAG, "r2", ["t_b", "t_x"])
+    assert [(r.task_id, r.execution_id) for r in latest] == [("t_b", b3.execution_id)]
     batches = {r.RunId: r for r in history if r.TaskId is None}
     assert (batches["r1"].ExecutionStatus, batches["r2"].ExecutionStatus) == (F, S)
     assert batches["r2"].AttemptNumber == 2  # resumed r1

@@ -115,7 +115,7 @@ def test_init_creates_the_catalog_then_says_it_is_already_initialised(
     code, out, err = run_main(capsys, "catalog", "init", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"initialised the catalog at {shown(catalog_url)}: revision (none) -> 0002\n"
+    assert out == f"initialised the catalog at {shown(catalog_url)}: revision (none) -> 0003\n"
     with catalog_engine(catalog_url) as engine:
         check_schema(engine)
 
@@ -123,7 +123,7 @@ def test_init_creates_the_catalog_then_says_it_is_already_initialised(
 
     assert (code, err) == (0, "")
     assert out == (
-        f"the catalog at {shown(catalog_url)} is already initialised (revision 0002); no change\n"
+        f"the catalog at {shown(catalog_url)} is already initialised (revision 0003); no change\n"
     )
 
 
@@ -133,19 +133,19 @@ def test_upgrade_creates_an_empty_catalog_and_is_then_a_no_op(
     code, out, err = run_main(capsys, "catalog", "upgrade", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision (none) -> 0002\n"
+    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision (none) -> 0003\n"
 
     code, out, err = run_main(capsys, "catalog", "upgrade", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"the catalog at {shown(catalog_url)} is already at revision 0002; no change\n"
+    assert out == f"the catalog at {shown(catalog_url)} is already at revision 0003; no change\n"
 
 
 def test_an_older_catalog_init_names_upgrade_and_upgrade_brings_it_up(
     capsys: pytest.CaptureFixture[str],
     catalog_url: str,
 ) -> None:
-    # The shipped 0001 is older than the shipped head 0002.
+    # The shipped 0001 is older than the shipped head 0003.
     with catalog_engine(catalog_url) as engine:
         upgrade(engine, "0001")
 
@@ -153,13 +153,13 @@ def test_an_older_catalog_init_names_upgrade_and_upgrade_brings_it_up(
 
     assert (code, out) == (1, "")
     assert_one_line_error(err)
-    assert "is at schema revision 0001, but this airflow-provider-bfx needs revision 0002" in err
+    assert "is at schema revision 0001, but this airflow-provider-bfx needs revision 0003" in err
     assert "run `bfx catalog upgrade`" in err
 
     code, out, err = run_main(capsys, "catalog", "upgrade", "--url", catalog_url)
 
     assert (code, err) == (0, "")
-    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision 0001 -> 0002\n"
+    assert out == f"upgraded the catalog at {shown(catalog_url)}: revision 0001 -> 0003\n"
     with catalog_engine(catalog_url) as engine:
         check_schema(engine)
 
@@ -245,7 +245,7 @@ def test_init_through_an_airflow_connection(
     assert (code, err) == (0, "")
     assert out == (
         f"initialised the catalog at sqlite:///{db_file} (Airflow connection bfx_cli_test): "
-        "revision (none) -> 0002\n"
+        "revision (none) -> 0003\n"
     )
     with catalog_engine(f"sqlite:///{db_file}") as engine:
         check_schema(engine)
@@ -313,7 +313,7 @@ def test_console_script_init_creates_a_sqlite_catalog(tmp_path: Path) -> None:
     result = run_bfx(bfx_command(), "catalog", "init", "--url", url, home=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"initialised the catalog at {url}: revision (none) -> 0002\n"
+    assert result.stdout == f"initialised the catalog at {url}: revision (none) -> 0003\n"
     assert result.stderr == ""
     engine = create_catalog_engine(url)
     try:
