@@ -25,10 +25,12 @@ UPSTREAM_SKIPPED = "BFX_UPSTREAM_SKIPPED"
 Latest = dict[tuple[str, int], ExecutionRecord]
 
 
-def _latest_task_rows(store: CatalogStore, dag_id: str, run_id: str) -> Latest:
-    """The latest catalog row of each (task_id, map_index) of one DAG run."""
+def _latest_task_rows(store: CatalogStore, dag_id: str, run_id: str, tasks: set[str]) -> Latest:
+    """The latest catalog row of each (task_id, map_index) of ``tasks`` in one DAG run: only
+    the upstreams' rows are read, so the check costs the same in a run of 50 tasks or 5,000
+    (decision 0100)."""
     latest: Latest = {}
-    for row in store.task_records(dag_id, run_id):
+    for row in store.latest_task_records(dag_id, run_id, tasks):
         slot = (str(row.task_id), int(row.map_index))
         if slot not in latest or row.execution_id > latest[slot].execution_id:
             latest[slot] = row
@@ -62,7 +64,7 @@ def require_upstreams(ti: Any, store: CatalogStore, key: TryKey) -> None:
     upstream = set(getattr(ti.task, "upstream_task_ids", ()) or ())
     if not upstream:
         return
-    latest = _latest_task_rows(store, key.dag_id, key.run_id)
+    latest = _latest_task_rows(store, key.dag_id, key.run_id, upstream)
     if _upstreams_fine_in_catalog(latest, upstream):
         return
     states = ti.get_task_states(dag_id=key.dag_id, run_ids=[key.run_id], task_ids=sorted(upstream))
