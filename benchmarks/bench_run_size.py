@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Benchmark of a task start's catalog work against the size of its DAG run (issue 12, goal 2).
+
+Not a test (pytest never collects it): run it by hand, see ``benchmarks/README.md``::
+
+    .venv/bin/python benchmarks/bench_run_size.py [--engines sqlite,postgresql] [--output FILE]
+
+What one timed "gate" call is here: the catalog work the gate does for a routed task with two
+upstreams, in its order (``routing/gate.py``), without Airflow's side: the evidence read
+(``runs_awaiting_evidence``), the upstream read, and ``start_task``. Its ``end_task`` follows,
+untimed. The upstream read is timed both ways, alternating call by call in the same runs:
+
+* **new**: ``latest_task_records(dag, run, upstream ids)``, what the gate reads now;
+* **baseline**: ``task_records(dag, run)``, every task row of the run, what the gate read
+  before (decision 0100).
+
+Workloads, each on a fresh catalog per engine, rows written through the store itself (every
+untimed task started and ended successfully, so the catalog holds what real runs leave):
+
+1. **run of 50**: 20 DAG runs of 50 tasks; in each, the last 10 tasks are timed (the run holds
+   40 to 49 rows when they start);
+2. **run of 5,000**: 2 DAG runs of 5,000 tasks; in each, the last 100 are timed (4,900 to 4,999
+   rows);
+3. **mapped task of 2,000 items**: one run, an unmapped ``producer`` then ``items`` mapped over
+   2,000 items (upstream: ``producer``), every item timed; the first 100 items are compared with
+   the last 100.
+
+Goals (issue 12, goal 2): p50 in the 5,000-task run <= 1.2x p50 in the 50-task run; the last
+100 items of the mapped task <= 1.2x the first 100. The report states the machine and the
+1-minute load average before and after each timed workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for path in (str(ROOT), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_catalog import (  # noqa: E402
+    DEFAULT_PG_ADMIN_URL,
+    PostgresTarget,
+    Report,
+    SqliteTarget,
+    Target,
+    loadavg,
+    machine_facts,
+    percentile,
+    verdict,
+)
+
+from airflow_provider_bfx.catalog.codes import ExecutionStatus  # noqa: E402
+from airflow_provider_bfx.catalog.engine import create_catalog_engine  # noqa: E402
+from airflow_provider_bfx.catalog.machine import TaskOutcome  # noqa: E402
+from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec  # noqa: E402
+
+GOAL_RATIO = 1.2
+OWNER = "bench-host:1"
+UPSTREAMS = ("t00000", "t00001")
+
+
+@dataclass
+class Timed:
+    """The timed calls of one workload: ms and rows the upstream read returned, per mode."""
+
+    name: str
+    ms: dict[str, list[float]] = field(default_factory=lambda: {"new": [], "baseline": []})
+    rows: dict[str, list[int]] = field(default_factory=lambda: {"new": [], "baseline": []})
+    load: tuple[float, float] = (0.0, 0.0)
+    seconds: float = 0.0
+
+
+def untimed(store: CatalogStore, batch: BatchSpec, task_id: str, **kw: object) -> None:
+    started = store.start_task(TaskSpec(batch, task_id, lease_owner=OWNER, **kw))  # type: ignore[arg-type]
+    store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+
+
+def gate_call(
+    store: CatalogStore, spec: TaskSpec, upstream: tuple[str, ...], mode: str, out: Timed
+) -> None:
+    """One gate's catalog work (see the module docstring), timed; then the task ends."""
+    dag_id, run_id = spec.batch.dag_id, spec.batch.run_id
+    read: Callable[[], list[object]]
+    if mode == "new":
+        read = lambda: store.latest_task_records(dag_id, run_id, upstream)  # noqa: E731
+    else:
+        read = lambda: store.task_records(dag_id, run_id)  # noqa: E731
+    t0 = time.perf_counter()
+    store.runs_awaiting_evidence(dag_id, run_id)
+    rows = read()
+    started = store.start_task(spec)
+    t1 = time.perf_counter()
+    if started.status is not ExecutionStatus.EXECUTING:
+        raise AssertionError(f"{spec.external_id}: {started.status.value}")
+    store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+    out.ms[mode].append((t1 - t0) * 1000)
+    out.rows[mode].append(len(rows))
+
+
+def run_of(store: CatalogStore, name: str, dag: str, runs: int, size: int, timed: int) -> Timed:
+    """``runs`` DAG runs of ``size`` tasks; the last ``timed`` of each are timed, modes
+    alternating call by call."""
+    out = Timed(name)
+    seeding = 0.0
+    load0 = loadavg()
+    began = time.perf_counter()
+    for r in range(runs):
+        batch = BatchSpec(dag, f"run_{r:03d}")
+        t_seed = time.perf_counter()
+        for i in range(size - timed):
+            untimed(store, batch, f"t{i:05d}")
+        seeding += time.perf_counter() - t_seed
+        for i in range(size - timed, size):
+            spec = TaskSpec(batch, f"t{i:05d}", lease_owner=OWNER)
+            gate_call(store, spec, UPSTREAMS, "new" if i % 2 == 0 else "baseline", out)
+        store.end_batch(dag, batch.run_id, succeeded=True)
+    out.seconds = time.perf_counter() - began - seeding
+    out.load = (load0, loadavg())
+    return out
+
+
+def mapped(store: CatalogStore, items: int) -> tuple[Timed, Timed]:
+    """One run: ``producer``, then ``items`` mapped items (upstream ``producer``), all timed;
+    returned as (first 100 items, last 100 items)."""
+    first, last = Timed("mapped: items 0-99"), Timed(f"mapped: items {items - 100}-{items - 1}")
+    batch = BatchSpec("dag_mapped", "run_000")
+    untimed(store, batch, "producer")
+    load0 = loadavg()
+    began = time.perf_counter()
+    everything = Timed("mapped")
+    for i in range(items):
+        spec = TaskSpec(
+            batch, "items", map_index=i, item_fingerprint=f"item-{i:05d}", lease_owner=OWNER
+        )
+        gate_call(store, spec, ("producer",), "new" if i % 2 == 0 else "baseline", everything)
+    load = (load0, loadavg())
+    seconds = time.perf_counter() - began
+    for part, window in ((first, slice(0, 50)), (last, slice(-50, None))):
+        for mode in ("new", "baseline"):
+            part.ms[mode] = everything.ms[mode][window]
+            part.rows[mode] = everything.rows[mode][window]
+        part.load, part.seconds = load, seconds
+    store.end_batch(batch.dag_id, batch.run_id, succeeded=True)
+    return first, last
+
+
+def report(rep: Report, engine: str, pairs: list[tuple[Timed, Timed]]) -> list[tuple[str, bool]]:
+    """One table row per workload pair and read; returns each judged goal and whether met."""
+    goals: list[tuple[str, bool]] = []
+    rows = []
+    for small, large in pairs:
+        for mode in ("new", "baseline"):
+            a, b = percentile(small.ms[mode], 50), percentile(large.ms[mode], 50)
+            ratio = b / a
+            judged = mode == "new"
+            ok = ratio <= GOAL_RATIO
+            if judged:
+                goals.append(
+                    (
+                        f"{engine}: {large.name} {b:.2f} ms vs {small.name} {a:.2f} ms:"
+                        f" x{ratio:.2f} (goal <= {GOAL_RATIO:g}x)",
+                        ok,
+                    )
+                )
+            rows.append(
+                [
+                    engine,
+                    f"{large.name} vs {small.name}",
+                    "new" if judged else "baseline (main's read)",
+                    f"{a:.2f}",
+                    f"{b:.2f}",
+                    f"{ratio:.2f}",
+                    verdict(ok) if judged else "-",
+                    f"{sum(small.rows[mode]) / len(small.rows[mode]):,.0f}"
+                    f" / {sum(large.rows[mode]) / len(large.rows[mode]):,.0f}",
+                    f"{small.load[0]:.2f}->{small.load[1]:.2f}"
+                    f" / {large.load[0]:.2f}->{large.load[1]:.2f}",
+                ]
+            )
+    rep.table(
+        [
+            "engine",
+            "compared",
+            "upstream read",
+            "p50 ms (small)",
+            "p50 ms (large)",
+            "ratio",
+            f"goal <= {GOAL_RATIO:g}x",
+            "rows read (small / large)",
+            "load avg (small / large)",
+        ],
+        rows,
+        align="lllrrrrrl",
+    )
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", default="sqlite,postgresql", help="comma-separated")
+    parser.add_argument("--small", type=int, default=50, help="tasks in the small runs")
+    parser.add_argument("--large", type=int, default=5_000, help="tasks in the large runs")
+    parser.add_argument("--items", type=int, default=2_000, help="items of the mapped task")
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("BFX_BENCH_PG_URL")
+        or os.environ.get("BFX_TEST_PG_URL")
+        or DEFAULT_PG_ADMIN_URL,
+        help="a PostgreSQL URL whose role may CREATE DATABASE (env BFX_BENCH_PG_URL)",
+    )
+    parser.add_argument("--pg-database", default="bfx_bench_run_size", help="created and dropped")
+    parser.add_argument("--output", type=Path, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    targets: list[Target] = []
+    results: dict[str, list[tuple[Timed, Timed]]] = {}
+    pg_engine = None
+    try:
+        for name in engines:
+            target: Target = (
+                SqliteTarget()
+                if name == "sqlite"
+                else PostgresTarget(args.pg_admin_url, args.pg_database, keep=False)
+            )
+            targets.append(target)
+            target.fresh("run_size")
+            engine = create_catalog_engine(target.url())
+            store = CatalogStore(engine, check_schema=False)
+            print(f"{name}: runs of {args.small}", file=sys.stderr, flush=True)
+            small = run_of(store, f"run of {args.small}", "dag_small", 20, args.small, 10)
+            print(f"{name}: runs of {args.large}", file=sys.stderr, flush=True)
+            large = run_of(store, f"run of {args.large:,}", "dag_large", 2, args.large, 100)
+            print(f"{name}: mapped task of {args.items} items", file=sys.stderr, flush=True)
+            first, last = mapped(store, args.items)
+            results[name] = [(small, large), (first, last)]
+            engine.dispose()
+            if name == "postgresql":
+                pg_engine = create_catalog_engine(target.url())
+
+        rep = Report()
+        rep("bfx run-size benchmark (issue 12, goal 2)")
+        rep("=========================================")
+        rep()
+        rep("Machine")
+        rep("-------")
+        rep.table(["what", "value"], [list(f) for f in machine_facts(pg_engine)], "ll")
+        if pg_engine is not None:
+            pg_engine.dispose()
+        rep()
+        rep(
+            "One timed call = the gate's catalog work for a task with upstreams: evidence read +"
+            " upstream read + start_task."
+        )
+        rep(
+            "The upstream read alternates call by call: 'new' = latest_task_records (the"
+            " upstreams' latest rows), 'baseline' = task_records (every row of the run, main)."
+        )
+        rep(
+            f"Runs of {args.small}: 20 runs, last 10 tasks timed each; runs of {args.large:,}:"
+            " 2 runs, last 100 timed each; mapped: every item timed, first 100 vs last 100."
+        )
+        rep(
+            "load avg = 1-minute load average before->after the timed workload"
+            f" ({os.cpu_count()} CPUs)."
+        )
+        rep()
+        goals: list[tuple[str, bool]] = []
+        for name, pairs in results.items():
+            goals += report(rep, name, pairs)
+            rep()
+        rep("Goals (issue 12, goal 2: p50 of the gate's catalog work, new upstream read)")
+        rep("-----")
+        for what, ok in goals:
+            rep(f"  {verdict(ok)}  {what}")
+        rep()
+        rep(f"Total run time: {time.perf_counter() - began:.0f} s")
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text("\n".join(rep.lines) + "\n")
+    finally:
+        for target in targets:
+            target.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
