@@ -523,6 +523,7 @@ def _seed_sql(dialect: str, runs: int) -> list[str]:
             1 + ((g % {D}) + (g / {D})) % {T} AS ft,
             1 + ((g % {D}) + (g / {D}) - 1) % {T} AS pft
     """
+    # Package identity (migration 0002): DagId and TaskId, task packages named dag_id/task_id.
     pkg_cols = (
         "packageid, packagename, parentpackageid, isbatch, isenabled, retrylimit, createdat,"
         " updatedat, dagid, taskid"
@@ -532,7 +533,7 @@ def _seed_sql(dialect: str, runs: int) -> list[str]:
             f"INSERT INTO {p}package ({pkg_cols})"
             f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base}, {dag}, NULL"
             f" FROM generate_series(0, {D - 1}) AS d",
-            f"INSERT INTO {p}package ({pkg_cols}) SELECT {D} + d * {T} + t, {dag} || '.' || {task},"
+            f"INSERT INTO {p}package ({pkg_cols}) SELECT {D} + d * {T} + t, {dag} || '/' || {task},"
             f" d + 1, 0, 1, 3, {base}, {base}, {dag}, {task}"
             f" FROM generate_series(0, {D - 1}) AS d CROSS JOIN generate_series(1, {T}) AS t",
         ]
@@ -550,7 +551,7 @@ def _seed_sql(dialect: str, runs: int) -> list[str]:
             f"{rec} INSERT INTO {p}package ({pkg_cols})"
             f" SELECT d + 1, {dag}, NULL, 1, 1, 3, {base}, {base}, {dag}, NULL FROM ds",
             f"{rec} INSERT INTO {p}package ({pkg_cols}) SELECT {D} + d * {T} + t,"
-            f" {dag} || '.' || {task}, d + 1, 0, 1, 3, {base}, {base}, {dag}, {task}"
+            f" {dag} || '/' || {task}, d + 1, 0, 1, 3, {base}, {base}, {dag}, {task}"
             f" FROM ds CROSS JOIN ts",
         ]
         executions = (

@@ -20,7 +20,8 @@ untimed task started and ended successfully, so the catalog holds what real runs
 1. **run of 50**: 20 DAG runs of 50 tasks; in each, the last 10 tasks are timed (the run holds
    40 to 49 rows when they start);
 2. **run of 5,000**: 2 DAG runs of 5,000 tasks; in each, the last 100 are timed (4,900 to 4,999
-   rows);
+   rows). Every run is the only run of its own DAG; all are seeded first, then the probes of 1
+   and 2 are timed interleaved (one of 1, one of 2, ...), so that both see the same machine;
 3. **mapped task of 2,000 items**: one run, an unmapped ``producer`` then ``items`` mapped over
    2,000 items (upstream: ``producer``), every item timed; the first 100 items are compared with
    the last 100.
@@ -106,26 +107,53 @@ def gate_call(
     out.rows[mode].append(len(rows))
 
 
-def run_of(store: CatalogStore, name: str, dag: str, runs: int, size: int, timed: int) -> Timed:
-    """``runs`` DAG runs of ``size`` tasks; the last ``timed`` of each are timed, modes
-    alternating call by call."""
-    out = Timed(name)
-    seeding = 0.0
+@dataclass(frozen=True)
+class Shape:
+    """DAG runs of one size: ``runs`` runs (each of its own DAG) of ``size`` tasks, the last
+    ``timed`` of each timed."""
+
+    name: str
+    prefix: str
+    runs: int
+    size: int
+    timed: int
+
+    def batch(self, r: int) -> BatchSpec:
+        return BatchSpec(f"{self.prefix}_{r:03d}", "run_000")
+
+    def probes(self) -> list[TaskSpec]:
+        return [
+            TaskSpec(self.batch(r), f"t{i:05d}", lease_owner=OWNER)
+            for r in range(self.runs)
+            for i in range(self.size - self.timed, self.size)
+        ]
+
+
+def runs_of(store: CatalogStore, small: Shape, large: Shape) -> tuple[Timed, Timed]:
+    """Seed both shapes' runs (untimed), then time their probes interleaved (small, large,
+    small, large...) so that both sides see the same machine; the upstream read alternates
+    between new and baseline every pair. Each run is the only run of its DAG, so the evidence
+    read finds the same (nothing) on both sides."""
+    for shape in (small, large):
+        for r in range(shape.runs):
+            for i in range(shape.size - shape.timed):
+                untimed(store, shape.batch(r), f"t{i:05d}")
+    outs = Timed(small.name), Timed(large.name)
+    probes = small.probes(), large.probes()
+    assert len(probes[0]) == len(probes[1])
     load0 = loadavg()
     began = time.perf_counter()
-    for r in range(runs):
-        batch = BatchSpec(dag, f"run_{r:03d}")
-        t_seed = time.perf_counter()
-        for i in range(size - timed):
-            untimed(store, batch, f"t{i:05d}")
-        seeding += time.perf_counter() - t_seed
-        for i in range(size - timed, size):
-            spec = TaskSpec(batch, f"t{i:05d}", lease_owner=OWNER)
-            gate_call(store, spec, UPSTREAMS, "new" if i % 2 == 0 else "baseline", out)
-        store.end_batch(dag, batch.run_id, succeeded=True)
-    out.seconds = time.perf_counter() - began - seeding
-    out.load = (load0, loadavg())
-    return out
+    for k in range(len(probes[0])):
+        mode = "new" if k % 2 == 0 else "baseline"
+        for side in (0, 1):
+            gate_call(store, probes[side][k], UPSTREAMS, mode, outs[side])
+    for out in outs:
+        out.seconds = time.perf_counter() - began
+        out.load = (load0, loadavg())
+    for shape in (small, large):
+        for r in range(shape.runs):
+            store.end_batch(shape.batch(r).dag_id, "run_000", succeeded=True)
+    return outs
 
 
 def mapped(store: CatalogStore, items: int) -> tuple[Timed, Timed]:
@@ -237,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             engine = create_catalog_engine(target.url())
             store = CatalogStore(engine, check_schema=False)
             print(f"{name}: runs of {args.small}", file=sys.stderr, flush=True)
-            small = run_of(store, f"run of {args.small}", "dag_small", 20, args.small, 10)
-            print(f"{name}: runs of {args.large}", file=sys.stderr, flush=True)
-            large = run_of(store, f"run of {args.large:,}", "dag_large", 2, args.large, 100)
+            print(f"{name}: runs of {args.small} and {args.large}", file=sys.stderr, flush=True)
+            small, large = runs_of(
+                store,
+                Shape(f"run of {args.small}", "dag_small", 20, args.small, 10),
+                Shape(f"run of {args.large:,}", "dag_large", 2, args.large, 100),
+            )
             print(f"{name}: mapped task of {args.items} items", file=sys.stderr, flush=True)
             first, last = mapped(store, args.items)
             results[name] = [(small, large), (first, last)]
@@ -267,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         rep(
             f"Runs of {args.small}: 20 runs, last 10 tasks timed each; runs of {args.large:,}:"
-            " 2 runs, last 100 timed each; mapped: every item timed, first 100 vs last 100."
+            " 2 runs, last 100 timed each; each run its DAG's only run; the two sizes timed"
+            " interleaved. Mapped: every item timed, first 100 vs last 100."
         )
         rep(
             "load avg = 1-minute load average before->after the timed workload"
