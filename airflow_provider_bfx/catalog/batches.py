@@ -21,6 +21,7 @@ from airflow_provider_bfx.catalog.codes import (
 from airflow_provider_bfx.catalog.facts import parent_execution_txn, previous_batch_txn
 from airflow_provider_bfx.catalog.leases import expire_txn
 from airflow_provider_bfx.catalog.packages import ensure_package_txn
+from airflow_provider_bfx.catalog.pipeline import write
 from airflow_provider_bfx.catalog.results import BatchEnded, BatchSpec
 from airflow_provider_bfx.catalog.rows import (
     SELF,
@@ -150,7 +151,9 @@ def apply_batch_end_txn(
     start later in the same DAG run see the failure instead of reopening the batch."""
     E = cat.s.Execution
     end = machine.batch_end(succeeded)
-    conn.execute(
+    # Nothing below is read back: the writes travel with the next statement or the COMMIT.
+    write(
+        conn,
         update(E)
         .where(E.c.ExecutionID == batch_id)
         .values(
@@ -158,27 +161,29 @@ def apply_batch_end_txn(
             NextLoadStatus=end.next_load_status.value,
             EndTime=func.coalesce(E.c.EndTime, now) if close else E.c.EndTime,
             UpdatedAt=now,
-        )
+        ),
     )
     if end.stamp_completed:
-        conn.execute(
+        write(
+            conn,
             update(E)
             .where(
                 E.c.ParentExecutionID == batch_id,
                 E.c.ExecutionStatus == ExecutionStatus.SUCCEEDED.value,
                 E.c.NextLoadStatus != NextLoadStatus.SKIP.value,
             )
-            .values(NextLoadStatus=NextLoadStatus.SKIP.value, UpdatedAt=now)
+            .values(NextLoadStatus=NextLoadStatus.SKIP.value, UpdatedAt=now),
         )
     if end.reset_lineage:
-        conn.execute(
+        write(
+            conn,
             update(E)
             .where(
                 E.c.LineageID == lineage_id,
                 E.c.NextLoadStatus != NextLoadStatus.PENDING.value,
                 E.c.ExecutionStatus.in_(TERMINAL),  # an active row carries C (DESIGN §4)
             )
-            .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now)
+            .values(NextLoadStatus=NextLoadStatus.PENDING.value, UpdatedAt=now),
         )
     return end
 

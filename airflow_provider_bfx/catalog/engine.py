@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 
+from airflow_provider_bfx.catalog import pipeline
 from airflow_provider_bfx.catalog.errors import sqlite_busy
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -33,6 +34,14 @@ def create_catalog_engine(url: str | URL, **engine_kwargs: Any) -> Engine:
     # No pool_pre_ping: it costs a round trip per transition. A dropped connection raises a
     # transient error instead, and the store re-runs the whole transition on a fresh one.
     engine_kwargs.setdefault("pool_pre_ping", False)
+    if pipeline.foldable(url.get_driver_name(), backend) and "isolation_level" not in engine_kwargs:
+        # BEGIN and result-less writes folded into fewer round trips (decision 0101).
+        connect_args = dict(engine_kwargs.pop("connect_args", {}))
+        connect_args.setdefault("connection_factory", pipeline.connection_factory())
+        engine = create_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args=connect_args, **engine_kwargs
+        )
+        return pipeline.install(engine)
     return create_engine(url, **engine_kwargs)
 
 

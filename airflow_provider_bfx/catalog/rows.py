@@ -17,6 +17,7 @@ from airflow_provider_bfx.catalog.codes import (
     NextLoadStatus,
     format_token,
 )
+from airflow_provider_bfx.catalog.pipeline import write
 from airflow_provider_bfx.catalog.txn import Catalog
 
 log = logging.getLogger("airflow_provider_bfx.catalog")
@@ -81,7 +82,7 @@ def insert_execution_txn(
     E = cat.s.Execution
     if next_id is not None:
         row = {k: (next_id if v is SELF else v) for k, v in values.items()}
-        conn.execute(insert(E).values(ExecutionID=next_id, **row))
+        write(conn, insert(E).values(ExecutionID=next_id, **row))  # with the COMMIT (0101)
         return next_id
     plain = {k: (None if v is SELF else v) for k, v in values.items()}
     new_id = int(conn.execute(insert(E).values(**plain).returning(E.c.ExecutionID)).scalar_one())

@@ -37,6 +37,7 @@ from airflow_provider_bfx.catalog.facts import (
 from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.packages import ensure_package_txn
+from airflow_provider_bfx.catalog.pipeline import write
 from airflow_provider_bfx.catalog.results import (
     TaskEnded,
     TaskSpec,
@@ -356,7 +357,9 @@ def end_task_txn(
             parse_next_load_status(row.t_nls, row=where),
             changed=False,
         )
-    conn.execute(
+    # The writes of a task end read nothing back: they travel with the COMMIT (0101).
+    write(
+        conn,
         update(E)
         .where(E.c.ExecutionID == execution_id)
         .values(
@@ -365,18 +368,19 @@ def end_task_txn(
             EndTime=now,
             LeaseExpiresAt=None,
             UpdatedAt=now,
-        )
+        ),
     )
     if end.record_error:
         Err = cat.s.ExecutionError
-        conn.execute(
+        write(
+            conn,
             insert(Err).values(
                 ExecutionID=execution_id,
                 ErrorType=(error_type or "")[:255] or None,
                 ErrorMessage=error_message,
                 ErrorDetail=error_detail,
                 CreatedAt=now,
-            )
+            ),
         )
     if end.fail_batch:
         apply_batch_end_txn(cat, conn, int(row.b_id), int(row.b_lineage), False, now, close=False)

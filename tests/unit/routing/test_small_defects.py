@@ -145,7 +145,7 @@ class RowLock:
             waiting = conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query ILIKE 'UPDATE bfx.execution%'"
+                    " AND query ILIKE '%UPDATE bfx.execution%'"
                 )
             ).scalar_one()
         return bool(waiting)

@@ -1,0 +1,199 @@
+"""Fewer round trips to PostgreSQL (psycopg2): BEGIN travels with the transaction's first
+statement, and writes whose result the transition does not read travel with the next
+statement or with the COMMIT. No Airflow here; no decision either (decision 0101).
+
+A task start was four round trips on PostgreSQL: ``BEGIN``, the locking facts SELECT, the
+INSERT, ``COMMIT`` (psycopg2 sends ``BEGIN`` as a query of its own, and every statement waits
+for its answer). The machine decides in Python between the SELECT and the INSERT, so two
+round trips is the floor: ``BEGIN; SELECT ... FOR UPDATE`` and ``INSERT ...; COMMIT``.
+
+How, with psycopg2 and nothing else:
+
+* the engine runs the DBAPI connection in autocommit (``isolation_level="AUTOCOMMIT"``), so
+  psycopg2 sends no ``BEGIN`` and ``commit()`` sends nothing; this module sends them instead,
+  inside the transaction SQLAlchemy keeps as before (its ``begin``/``commit``/``rollback``
+  events);
+* the first statement after SQLAlchemy's ``begin`` is sent as ``BEGIN; <statement>`` in one
+  simple query (psycopg2 interpolates parameters on the client, ``mogrify``, so the text is
+  exactly what it would have sent; it returns the last statement's result);
+* :func:`write` queues a statement whose result is not read (the task start's INSERT, a task
+  end's UPDATE): it runs through ``conn.execute`` as usual, but the connection's cursor (a
+  psycopg2 ``connection_factory`` subclass) records the text instead of sending it; the queue
+  is sent in front of the next statement, or with ``COMMIT`` at the commit, in the order
+  written. An error in a queued write (a unique violation) therefore
+  surfaces at that statement or at the commit, as a normal SQLAlchemy ``DBAPIError``: the
+  transaction wrapper re-runs the transition, as for any other statement;
+* a rollback (or a connection returned to the pool) sends ``ROLLBACK`` when the server says a
+  transaction is open (``transaction_status``), and drops the queue.
+
+Any other engine (SQLite, SQL Server, psycopg 3) runs :func:`write` at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.dml import Insert
+
+_FOLD = "bfx_fold"  # engine-level marker in Connection.info (per DBAPI connection record)
+_BEGIN = "bfx_begin_pending"
+_QUEUE = "bfx_queued"
+
+
+def foldable(url_driver: str, url_backend: str) -> bool:
+    """Whether an engine for this URL can fold BEGIN and queued writes (psycopg2 only)."""
+    return url_backend == "postgresql" and url_driver == "psycopg2"
+
+
+def install(engine: Engine) -> Engine:
+    """Fold BEGIN and queued writes into fewer round trips on ``engine`` (an autocommit
+    psycopg2 engine, see the module docstring)."""
+
+    @event.listens_for(engine, "engine_connect")
+    def _mark(conn: Connection) -> None:
+        conn.info[_FOLD] = True
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            # Asked for by the caller (VACUUM, CREATE DATABASE): no transaction at all.
+            conn.info[_BEGIN] = False
+            conn.info.pop(_QUEUE, None)
+            return
+        conn.info[_BEGIN] = True
+        conn.info[_QUEUE] = []
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _before(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> tuple[str, Any]:
+        if getattr(cursor.connection, "bfx_capture", None) is not None:
+            return statement, params  # recorded by :func:`write`, not sent
+        prefix = _prefix(conn)
+        if not prefix:
+            return statement, params
+        if many:  # executemany: send the prefix on its own first
+            _send(cursor, prefix)
+            return statement, params
+        text = cursor.mogrify(statement, params).decode(_encoding(cursor))
+        return prefix + text, None
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn: Connection) -> None:
+        if _QUEUE not in conn.info:
+            return  # an autocommit connection: nothing to commit
+        if conn.info.get(_BEGIN) and not conn.info[_QUEUE]:
+            conn.info[_BEGIN] = False
+            return  # nothing was sent: nothing to commit
+        prefix = _prefix(conn)
+        dbapi: Any = conn.connection.dbapi_connection
+        with dbapi.cursor() as cursor:
+            _send(cursor, prefix + "COMMIT")
+
+    @event.listens_for(engine, "rollback")
+    def _rollback(conn: Connection) -> None:
+        conn.info[_BEGIN] = False
+        if _QUEUE in conn.info:
+            conn.info[_QUEUE] = []
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None:
+            _rollback_open(dbapi)
+
+    @event.listens_for(engine.pool, "reset")
+    def _reset(dbapi: Any, record: Any, state: Any = None) -> None:
+        _rollback_open(dbapi)
+        if not dbapi.closed and not dbapi.autocommit:
+            dbapi.autocommit = True  # a raw connection (DbApiHook.get_conn) turned it off
+
+    return engine
+
+
+def write(conn: Connection, statement: Executable) -> None:
+    """Execute ``statement``, whose result the caller does not read: on a folding engine it
+    is queued and sent with the next statement or the COMMIT (module docstring).
+
+    The statement goes through ``conn.execute`` as usual (SQLAlchemy's compiled cache, type
+    processing, ``IN`` expansion); only the driver's send is replaced: the folding cursor
+    records the exact text psycopg2 would have sent (``mogrify``) instead of sending it."""
+    dbapi: Any = conn.connection.dbapi_connection
+    if not conn.info.get(_FOLD) or _QUEUE not in conn.info or dbapi is None:
+        conn.execute(statement)
+        return
+    if isinstance(statement, Insert):
+        statement = statement.inline()  # no implicit RETURNING of a server-made id
+    dbapi.bfx_capture = []
+    try:
+        conn.execute(statement)
+        conn.info[_QUEUE] += dbapi.bfx_capture
+    finally:
+        dbapi.bfx_capture = None
+
+
+def connection_factory() -> Any:
+    """The psycopg2 connection class of a folding engine: its cursors can record a statement
+    instead of sending it (``connect_args={"connection_factory": ...}``)."""
+    from psycopg2.extensions import connection, cursor  # type: ignore[import-untyped]
+
+    class FoldingCursor(cursor):  # type: ignore[misc]
+        def execute(self, query: Any, vars: Any = None) -> None:
+            captured = self.connection.bfx_capture
+            if captured is None:
+                super().execute(query, vars)
+                return
+            captured.append(self.mogrify(query, vars).decode(_encoding(self)))
+
+    class FoldingConnection(connection):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.bfx_capture: list[str] | None = None
+            self.cursor_factory = FoldingCursor
+
+    return FoldingConnection
+
+
+def _prefix(conn: Connection) -> str:
+    """``BEGIN;`` if the transaction has not been begun on the server, then the queued writes;
+    both are consumed."""
+    parts = []
+    if conn.info.get(_BEGIN):
+        conn.info[_BEGIN] = False
+        parts.append("BEGIN")
+    queued = conn.info.get(_QUEUE)
+    if queued:
+        parts += queued
+        conn.info[_QUEUE] = []
+    return "".join(f"{p};\n" for p in parts)
+
+
+def _send(cursor: Any, text: str) -> None:
+    """One simple query, outside SQLAlchemy's execute: its driver error becomes the
+    ``DBAPIError`` SQLAlchemy would have raised (so the transaction wrapper classifies it)."""
+    import psycopg2  # type: ignore[import-untyped]
+
+    try:
+        cursor.execute(text)
+    except psycopg2.Error as exc:
+        raise DBAPIError.instance(text, None, exc, psycopg2.Error) from exc
+
+
+def _rollback_open(dbapi: Any) -> None:
+    """``ROLLBACK`` when the server holds a transaction (or a failed one) for ``dbapi``."""
+    from psycopg2.extensions import (  # type: ignore[import-untyped]
+        TRANSACTION_STATUS_IDLE,
+        TRANSACTION_STATUS_UNKNOWN,
+    )
+
+    status = dbapi.info.transaction_status
+    if status in (TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_UNKNOWN) or dbapi.closed:
+        return
+    with dbapi.cursor() as cursor:
+        cursor.execute("ROLLBACK")
+
+
+def _encoding(cursor: Any) -> str:
+    from psycopg2.extensions import encodings  # type: ignore[import-untyped]
+
+    return str(encodings.get(cursor.connection.encoding, "utf-8"))

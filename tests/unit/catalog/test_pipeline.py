@@ -1,0 +1,197 @@
+"""Fewer round trips on PostgreSQL (decision 0101): BEGIN with the first statement, the writes
+a transition does not read back with the COMMIT. Counted on the wire, by a TCP proxy between
+psycopg2 and the real server that records each simple query (one round trip each)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
+
+import pytest
+from sqlalchemy import Engine, insert, make_url, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import QueuePool
+
+from airflow_provider_bfx.catalog.engine import create_catalog_engine
+from airflow_provider_bfx.catalog.machine import TaskOutcome
+from airflow_provider_bfx.catalog.migrate import upgrade
+from airflow_provider_bfx.catalog.pipeline import write
+from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+
+
+class QueryRecorder:
+    """A loopback proxy that records the text of every simple query ('Q') a client sends."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.queries: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._read_client, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _read_client(self, src: socket.socket, dst: socket.socket) -> None:
+        buf, startup = b"", True
+        with suppress(OSError):
+            while data := src.recv(65536):
+                buf += data
+                while True:
+                    if startup:  # untyped packets: SSL/GSS requests, then the startup packet
+                        if len(buf) < 8 or len(buf) < int.from_bytes(buf[:4], "big"):
+                            break
+                        n, code = int.from_bytes(buf[:4], "big"), int.from_bytes(buf[4:8], "big")
+                        buf, startup = buf[n:], code >> 16 != 3
+                        continue
+                    if len(buf) < 5 or len(buf) < 1 + int.from_bytes(buf[1:5], "big"):
+                        break
+                    n = int.from_bytes(buf[1:5], "big")
+                    kind, body, buf = buf[:1], buf[5 : 1 + n], buf[1 + n :]
+                    if kind == b"Q":
+                        self.queries.append(body.rstrip(b"\0").decode("utf-8", "replace"))
+                dst.sendall(data)
+        for s in (src, dst):
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def wired(pg_url: str) -> Iterator[tuple[CatalogStore, QueryRecorder]]:
+    url = make_url(pg_url)
+    deploy = create_catalog_engine(url)
+    upgrade(deploy)
+    deploy.dispose()
+    proxy = QueryRecorder(url.host or "127.0.0.1", url.port or 5432)
+    via = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+        {"sslmode": "disable", "gssencmode": "disable"}
+    )
+    engine = create_catalog_engine(via, poolclass=QueuePool, pool_size=1, max_overflow=0)
+    try:
+        store = CatalogStore(engine)
+        store.executions("warm-up")  # connect, check the schema
+        yield store, proxy
+    finally:
+        engine.dispose()
+        proxy.sock.close()
+
+
+def test_task_start_and_task_end_are_two_round_trips_each(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    store, proxy = wired
+    first = BatchSpec("pipe_dag", "run-0")  # registers the packages (a first sight's extra reads)
+    store.end_task(store.start_task(TaskSpec(first, "load")).execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("pipe_dag", "run-0", succeeded=True)
+    batch = BatchSpec("pipe_dag", "run-1")
+    store.start_batch(batch)
+
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(batch, "load"))
+    start_sent = list(proxy.queries)
+    proxy.queries.clear()
+    store.end_task(started.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+    end_sent = list(proxy.queries)
+
+    for sent in (start_sent, end_sent):
+        assert len(sent) == 2, sent
+        assert sent[0].startswith("BEGIN;") and "FOR UPDATE" in sent[0], sent
+        assert sent[1].rstrip().endswith("COMMIT"), sent
+    assert "INSERT INTO bfx.execution " in start_sent[1]
+    assert (
+        "UPDATE bfx.execution " in end_sent[1] and "INSERT INTO bfx.executionerror" in end_sent[1]
+    )
+    rows = {r.ExecutionID: r for r in store.executions("pipe_dag", "run-1")}
+    assert (
+        rows[started.execution_id].ExecutionStatus,
+        rows[started.execution_id].NextLoadStatus,
+    ) == (
+        "F",
+        "R",
+    )
+
+
+def test_a_failing_queued_write_fails_its_transaction_and_leaves_nothing(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A queued write that violates a constraint fails at the COMMIT it travels with, as an
+    ``IntegrityError`` the transaction wrapper handles; the write queued before it in the same
+    transaction is not kept, and the pooled connection serves the next transaction."""
+    store, _ = wired
+    batch = BatchSpec("pipe_dag", "run-2")
+    started = store.start_task(TaskSpec(batch, "t"))
+    E, P = store.s.Execution, store.s.Package
+
+    def work(conn: object) -> None:
+        write(conn, update(E).where(E.c.ExecutionID == started.execution_id).values(TryNumber=99))  # type: ignore[arg-type]
+        write(conn, insert(P).values(PackageName="pipe_dag", DagId="pipe_dag"))  # type: ignore[arg-type]
+
+    with pytest.raises(IntegrityError):
+        store.transaction(work, "test")
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(E.c.TryNumber).where(E.c.ExecutionID == started.execution_id)
+            ).scalar_one()
+            == 1
+        )
+    assert store.end_task(started.execution_id, TaskOutcome.SUCCESS).changed
+
+
+def test_a_rollback_after_a_flushed_write_undoes_it(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    store, proxy = wired
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-3"), "t"))
+    E = store.s.Execution
+
+    class Stop(Exception):
+        pass
+
+    def work(conn: object) -> None:
+        write(conn, update(E).where(E.c.ExecutionID == started.execution_id).values(TryNumber=7))  # type: ignore[arg-type]
+        seen = conn.execute(  # type: ignore[attr-defined]
+            select(E.c.TryNumber).where(E.c.ExecutionID == started.execution_id)
+        ).scalar_one()
+        assert seen == 7  # the queued write went first
+        raise Stop
+
+    proxy.queries.clear()
+    with pytest.raises(Stop):
+        store.transaction(work, "test")
+    assert proxy.queries[-1].strip() == "ROLLBACK"
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(E.c.TryNumber).where(E.c.ExecutionID == started.execution_id)
+            ).scalar_one()
+            == 1
+        )
+
+
+def test_autocommit_connections_send_no_begin(wired: tuple[CatalogStore, QueryRecorder]) -> None:
+    """VACUUM cannot run in a transaction: a connection asked for AUTOCOMMIT gets none."""
+    store, proxy = wired
+    engine: Engine = store.engine
+    proxy.queries.clear()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM bfx.package"))
+    assert [q.strip() for q in proxy.queries] == ["VACUUM bfx.package"]
