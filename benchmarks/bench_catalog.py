@@ -68,8 +68,13 @@ SMALL_HISTORY = 1_000
 OWNER = "bench-host:1"
 
 # Goals the figures are compared with.
+# Issue 12, goal 1: task start and task end <= 2 round trips, batch start <= 4 (other
+# transitions keep the earlier 3); p50 <= ~1 ms (2x the same-shape floor) on loopback
+# PostgreSQL, <= 0.5 ms on SQLite.
 GOAL_ROUND_TRIPS = 3
-GOAL_PG_P50_MS = 5.0
+GOAL_ROUND_TRIPS_BY_PREFIX = {"task start": 2, "task end": 2, "batch start": 4}
+GOAL_PG_P50_MS = 1.0
+GOAL_SQLITE_P50_MS = 0.5
 GOAL_RATIO = 1.1  # issue 12, goal 3: p50 at 1,000,000 executions <= 1.1x p50 at 1,000
 
 
@@ -904,24 +909,28 @@ def report_counts(rep: Report, counts: dict[str, list[Count]]) -> list[str]:
         "PG stmts",
         "PG RT (events)",
         "PG RT (wire)",
-        f"goal <= {GOAL_ROUND_TRIPS} RT",
+        "goal RT",
     ]
     rows = []
     for name in names:
+        goal_rt = next(
+            (g for prefix, g in GOAL_ROUND_TRIPS_BY_PREFIX.items() if name.startswith(prefix)),
+            GOAL_ROUND_TRIPS,
+        )
         s, p = sq.get(name), pg.get(name)
         row = [name]
         row += [str(s.with_commit), str(s.with_commit + s.begin_statements)] if s else ["-", "-"]
         if p:
             wire = len(p.wire) if p.wire is not None else None
             measured = wire if wire is not None else p.derived_round_trips
-            ok = measured <= GOAL_ROUND_TRIPS
+            ok = measured <= goal_rt
             if not ok:
-                misses.append(f"{name}: {measured} round trips on PostgreSQL")
+                misses.append(f"{name}: {measured} round trips on PostgreSQL (goal <= {goal_rt})")
             row += [
                 str(p.with_commit),
                 str(p.derived_round_trips),
                 "-" if wire is None else str(wire),
-                verdict(ok),
+                f"<= {goal_rt} {verdict(ok)}",
             ]
         else:
             row += ["-", "-", "-", "n/a"]
@@ -935,7 +944,8 @@ def report_counts(rep: Report, counts: dict[str, list[Count]]) -> list[str]:
     rep("                   round-trip goal does not apply to SQLite.")
     rep("  PG RT (events) = pool pre-pings (wrapped dialect.do_ping) + 'begin' events (psycopg2")
     rep("                   sends BEGIN as its own query before the first statement) + statements")
-    rep("                   + COMMIT.")
+    rep("                   + COMMIT. With the folding engine (decision 0101) BEGIN and the")
+    rep("                   queued writes travel inside other queries: judge on the wire.")
     rep("  PG RT (wire)   = measured independently by a TCP proxy between psycopg2 and the server")
     rep("                   that parses the client's protocol messages: each Query ('Q') or Sync")
     rep("                   ('S') waits for ReadyForQuery, so one message = one round trip.")
@@ -983,12 +993,14 @@ def report_latency(rep: Report, results: list[Latency]) -> list[str]:
         s50, s99 = percentile(r.start_ms, 50), percentile(r.start_ms, 99)
         e50, e99 = percentile(r.end_ms, 50), percentile(r.end_ms, 99)
         goal = "-"
-        if r.engine == "postgresql" and r.label == "default":
-            ok = s50 < GOAL_PG_P50_MS and e50 < GOAL_PG_P50_MS
-            goal = verdict(ok)
+        if r.label == "default":
+            limit = GOAL_PG_P50_MS if r.engine == "postgresql" else GOAL_SQLITE_P50_MS
+            ok = s50 <= limit and e50 <= limit
+            goal = f"<= {limit:g} ms {verdict(ok)}"
             if not ok:
                 misses.append(
-                    f"PostgreSQL p50 with {r.history:,} rows: start {s50:.2f} ms, end {e50:.2f} ms"
+                    f"{r.engine} p50 with {r.history:,} rows: start {s50:.2f} ms, end {e50:.2f} ms"
+                    f" (goal <= {limit:g} ms)"
                 )
         rows.append(
             [
@@ -1013,7 +1025,7 @@ def report_latency(rep: Report, results: list[Latency]) -> list[str]:
             "end p50",
             "end p99",
             "load avg",
-            f"goal PG p50 < {GOAL_PG_P50_MS:g} ms",
+            "goal p50",
         ],
         rows,
     )
