@@ -4,9 +4,10 @@ Every task process checks the catalog's schema once, before its first statement,
 every process that deploys the embedded SQLite catalog. Importing Alembic for that costs 0.1 s
 (0.4 s without compiled bytecode) per task process, more than every catalog statement of the
 task together (issue 12). So the check's common case lives here, with no Alembic import: one
-``SELECT`` of the version table, compared with :data:`HEAD_REVISION`. Any other answer (no
-table, an older or a newer revision, a database error) goes to :func:`.migrate.check_schema`,
-which imports Alembic to say exactly what is wrong and which command fixes it.
+``SELECT`` of the version table, compared with :data:`HEAD_REVISION`. On any other answer (no
+table, an older or a newer revision, a database error) the caller asks
+:func:`.migrate.check_schema`, which imports Alembic to say exactly what is wrong and which
+command fixes it (``txn.Catalog.transaction``, ``BfxCatalogHook.get_store``).
 
 :data:`HEAD_REVISION` must name the newest migration in ``migrations/versions``; a test
 (``tests/unit/catalog/test_migrations.py``) compares it with Alembic's own head.
@@ -43,21 +44,16 @@ def version_table(dialect: str) -> Table:
 
 def is_current(engine: Engine) -> bool:
     """Whether the catalog at ``engine`` records exactly :data:`HEAD_REVISION` (one query).
-    False on any doubt, including a database error: the caller then asks
-    :mod:`.migrate`, which explains or raises."""
+
+    A database that cannot be reached raises the driver's error as it is (one attempt: the
+    caller classifies it); a failing ``SELECT`` (no version table) or another revision is
+    False: the caller then asks :mod:`.migrate`, which says what is wrong."""
     table = version_table(engine.dialect.name)
-    try:
-        with engine.connect() as conn:
+    with engine.connect() as conn:
+        try:
             found = tuple(conn.execute(select(table.c.version_num)).scalars())
-    except DBAPIError:
-        return False
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            return False
     return found == (HEAD_REVISION,)
-
-
-def check_schema(engine: Engine) -> None:
-    """:func:`.migrate.check_schema`, without importing Alembic when the catalog is current."""
-    if is_current(engine):
-        return
-    from airflow_provider_bfx.catalog.migrate import check_schema as explain
-
-    explain(engine)

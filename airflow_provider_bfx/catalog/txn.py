@@ -64,9 +64,7 @@ class Catalog:
         """Run ``work(conn)`` in one transaction, re-run from its start on a transient error
         (briefly; then :class:`CatalogUnavailableError`). ``what`` names it in that error."""
         if not self._schema_checked:
-            from airflow_provider_bfx.catalog.revision import check_schema
-
-            self._with_retries(lambda: check_schema(self.engine), what)
+            self._with_retries(self._check_schema, what)
             self._schema_checked = True
 
         def once() -> T:
@@ -74,6 +72,17 @@ class Catalog:
                 return work(conn)
 
         return self._with_retries(once, what)
+
+    def _check_schema(self) -> None:
+        """The schema check before the first statement: one query when the catalog is current
+        (no Alembic import, :mod:`.revision`); otherwise :func:`.migrate.check_schema` says what
+        is wrong and which command fixes it."""
+        from airflow_provider_bfx.catalog.revision import is_current
+
+        if not is_current(self.engine):
+            from airflow_provider_bfx.catalog.migrate import check_schema
+
+            check_schema(self.engine)
 
     def _with_retries(self, fn: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.retry_seconds
