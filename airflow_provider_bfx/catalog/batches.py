@@ -170,7 +170,9 @@ def apply_batch_end_txn(
             .where(
                 E.c.ParentExecutionID == batch_id,
                 E.c.ExecutionStatus == ExecutionStatus.SUCCEEDED.value,
-                E.c.NextLoadStatus != NextLoadStatus.SKIP.value,
+                # P only: an R here is `bfx reset --task` of this row, and the user's
+                # instruction outlives a later failure of the same batch (decision 0103).
+                E.c.NextLoadStatus == NextLoadStatus.PENDING.value,
             )
             .values(NextLoadStatus=NextLoadStatus.SKIP.value, UpdatedAt=now),
         )

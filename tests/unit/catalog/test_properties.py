@@ -557,6 +557,7 @@ class CatalogMachine(RuleBasedStateMachine):
         run = self.run
         assert run.batch_id is not None
         succeeded = self.run_succeeded(run) and data.draw(st.booleans(), label="succeeded")
+        snapshot = self.snap
         before = self.snap.rows[run.batch_id]
         ended = self.store.end_batch(DAG, run.spec.run_id, succeeded=succeeded)
         after = self.observe()
@@ -568,9 +569,7 @@ class CatalogMachine(RuleBasedStateMachine):
             return
         assert (batch.status, batch.nls) == (("S", "P") if succeeded else ("F", "R"))
         if not succeeded:
-            for child in after.children(run.batch_id):
-                if child.status == "S":
-                    assert child.nls == "C", f"succeeded sibling {child} not stamped C"
+            self.check_stamped(snapshot, after, run.batch_id)
 
     def has_expired_lease(self) -> bool:
         now = self.clock.now
@@ -724,6 +723,16 @@ class CatalogMachine(RuleBasedStateMachine):
         after = self.observe()
         assert after.copies[running.started.scope_key] == execution_id
 
+    @staticmethod
+    def check_stamped(before: Any, after: Any, batch_id: int) -> None:
+        """A failed batch stamps its succeeded tasks C, except one that `bfx reset --task` set
+        to R: the user's instruction outlives the failure (decision 0103)."""
+        for child in after.children(batch_id):
+            if child.status == "S":
+                was = before.rows[child.id].nls if child.id in before.rows else "P"
+                want = "R" if was == "R" else "C"
+                assert child.nls == want, f"succeeded sibling {child} (was {was}) not {want}"
+
     def end_and_check(self, execution_id: int, outcome: TaskOutcome) -> None:
         before = self.snap
         row = before.rows[execution_id]
@@ -749,9 +758,7 @@ class CatalogMachine(RuleBasedStateMachine):
         if outcome is TaskOutcome.FINAL_FAILURE:
             batch = after.rows[row.parent]
             assert (batch.status, batch.nls) == ("F", "R")
-            for child in after.children(row.parent):
-                if child.status == "S":
-                    assert child.nls == "C", f"succeeded sibling {child} not stamped C"
+            self.check_stamped(before, after, row.parent)
 
     def start_and_check(self, spec: TaskSpec) -> TaskStarted:
         before = self.snap
