@@ -162,12 +162,9 @@ def run_resume(args: argparse.Namespace) -> int:
     if not result.dry_run:
         from airflow_provider_bfx.audit import cli_user, record_action
 
-        record_action("bfx.resume", cli_user(), args.dag_id, None, _resume_outcome(result))
+        outcome = {"run_id": result.run_id, "cleared": result.cleared, "message": result.message}
+        record_action("bfx.resume", cli_user(), args.dag_id, None, outcome)
     return EXIT_OK
-
-
-def _resume_outcome(result: Any) -> dict[str, Any]:
-    return {"run_id": result.run_id, "cleared": result.cleared, "message": result.message}
 
 
 def run_recover(args: argparse.Namespace) -> int:
