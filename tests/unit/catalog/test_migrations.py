@@ -609,7 +609,7 @@ def test_the_head_revision_constant_is_alembics_head() -> None:
     from airflow_provider_bfx.catalog.migrate import head_revision
     from airflow_provider_bfx.catalog.revision import HEAD_REVISION
 
-    assert HEAD_REVISION == head_revision()
+    assert head_revision() == HEAD_REVISION
 
 
 def test_a_current_catalog_is_checked_without_importing_alembic(sqlite_url: str) -> None:
