@@ -608,6 +608,17 @@ def report(
 # ---------------------------------------------------------------------------------------------
 
 
+def _bytecode_fact() -> str:
+    """Whether Airflow's modules have compiled bytecode (a pip install has; ``scripts/bootstrap``
+    compiles it): without it every task process compiles Airflow from source."""
+    import airflow
+
+    cache = Path(airflow.__file__).parent / "__pycache__"
+    have = any(cache.glob("*.pyc")) if cache.is_dir() else False
+    dont = os.environ.get("PYTHONDONTWRITEBYTECODE", "(unset)")
+    return f"Airflow compiled: {'yes' if have else 'NO'}; PYTHONDONTWRITEBYTECODE={dont}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
@@ -634,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = [f for f in facts if f[0] != "SQLite (library)"]
     facts.insert(4, ("Airflow", version("apache-airflow")))
     facts.insert(5, ("psutil", psutil.__version__))
+    facts.append(("bytecode", _bytecode_fact()))
 
     work = Path(tempfile.mkdtemp(prefix="bfx-bench-deployment-"))
     rep = Report()
