@@ -287,14 +287,17 @@ class BfxCatalogHook(DbApiHook):
         from airflow_provider_bfx.catalog.store import CatalogStore
 
         engine = self.get_catalog_engine()
-        # Deployed already (the common case): one query, no Alembic import (catalog/revision.py).
-        if self.is_embedded and not revision.is_current(engine):
-            from airflow_provider_bfx.catalog.migrate import upgrade
-
+        if self.is_embedded:
             try:
-                upgrade(engine)
+                # Deployed already (the common case): one query, no Alembic import
+                # (catalog/revision.py), and the store need not check the schema again.
+                if not revision.is_current(engine):
+                    from airflow_provider_bfx.catalog.migrate import upgrade
+
+                    upgrade(engine)
             except DBAPIError as exc:
                 raise catalog_error(exc, engine, "deploying the embedded catalog") from exc
+            store_kwargs.setdefault("check_schema", False)
         return CatalogStore(engine, **store_kwargs)
 
     def dispose(self) -> None:
