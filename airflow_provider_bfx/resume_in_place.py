@@ -61,6 +61,16 @@ class InPlaceResume:
             " the tasks that succeeded keep their state and start nothing"
         )
 
+    @property
+    def confirmation(self) -> str:
+        """What the recovery view asks the user to confirm (of a dry run)."""
+        return (
+            f"Airflow clears {len(self.cleared)} failed task instance(s) of run {self.run_id}:"
+            f" {', '.join(self.cleared)}. They run again in that run, each decided by its failed"
+            " row (retry, or compute-only restart); the tasks that succeeded keep their state"
+            " and start nothing. (A new run would instead resume the lineage as planned above.)"
+        )
+
 
 def resume_failed_run(
     store: CatalogStore, dag_id: str, run_id: str | None = None, *, dry_run: bool = False

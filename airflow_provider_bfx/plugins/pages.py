@@ -10,7 +10,6 @@ Links to another view open it in Airflow (``target=_top``), where it is a tab ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +24,7 @@ from airflow_provider_bfx.catalog.store import CatalogStore
 from airflow_provider_bfx.plugins.access import CurrentUser, may_access_dag, require_dag
 from airflow_provider_bfx.plugins.api import catalog_store, overview_page, plan_of, plan_out
 from airflow_provider_bfx.plugins.routes import DAG_ROUTE, RUN_ROUTE, TASK_ROUTE
-from airflow_provider_bfx.resume_in_place import ResumeRefused, resume_failed_run
+from airflow_provider_bfx.resume_in_place import InPlaceResume, ResumeRefused, resume_failed_run
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -143,27 +142,13 @@ def dag_page(dag_id: str, user: CurrentUser, before: int | None = Query(None)) -
     )
 
 
-@dataclass(frozen=True)
-class _ResumeOffer:
-    run_id: str
-    cleared: list[str]
-    preview: str
-
-
-def _resume_offer(store: CatalogStore, dag_id: str) -> _ResumeOffer | None:
+def _resume_offer(store: CatalogStore, dag_id: str) -> InPlaceResume | None:
     """The resume-in-place button of the DAG page: offered when the DAG's latest batch failed
     and Airflow has failed task instances to clear in its run (a dry run, nothing changes)."""
     try:
-        dry = resume_failed_run(store, dag_id, dry_run=True)
+        return resume_failed_run(store, dag_id, dry_run=True)
     except ResumeRefused:
         return None
-    preview = (
-        f"Airflow clears {len(dry.cleared)} failed task instance(s) of run {dry.run_id}:"
-        f" {', '.join(dry.cleared)}. They run again in that run, each decided by its failed"
-        " row (retry, or compute-only restart); the tasks that succeeded keep their state and"
-        " start nothing. (A new run would instead resume the lineage as planned above.)"
-    )
-    return _ResumeOffer(dry.run_id, dry.cleared, preview)
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}", response_class=HTMLResponse)
