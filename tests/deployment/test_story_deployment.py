@@ -104,6 +104,16 @@ def test_fifty_table_story(setup: Setup) -> None:
 ui = pytest.mark.parametrize("setup", [UI_KIND], indirect=True)
 
 
+def _failed_chain(setup: Setup, conf: dict[str, Any]) -> tuple[str, Any]:
+    """A run of the chain that fails as ``conf`` asks; its id and its batch row once closed."""
+    deployment, catalog, _, _ = setup
+    api = deployment.api
+    api.wait_dag_parsed(CHAIN, timeout=90)
+    failed = api.trigger(CHAIN, conf=conf)
+    assert api.wait_run(CHAIN, failed, timeout=180) == "failed"
+    return failed, wait_batch_closed(catalog, deployment, CHAIN, failed)
+
+
 @ui
 def test_recovery_api_is_behind_airflow_auth(setup: Setup) -> None:
     """Anonymous: refused. Read-only user: reads every route, may not reset or recover. The
@@ -225,10 +235,7 @@ def test_reset_from_the_browser_starts_the_next_run_fresh(setup: Setup) -> None:
     reset is in Airflow's audit log; the next run starts a fresh lineage and runs every task."""
     deployment, catalog, _, ledgers = setup
     api = deployment.api
-    api.wait_dag_parsed(CHAIN, timeout=90)
-    failed = api.trigger(CHAIN, conf={"fail": ["transform"]})
-    assert api.wait_run(CHAIN, failed, timeout=180) == "failed"
-    failed_batch = wait_batch_closed(catalog, deployment, CHAIN, failed)
+    failed, failed_batch = _failed_chain(setup, {"fail": ["transform"]})
     plan = api.call("GET", f"{API}/dags/{CHAIN}/plan")
     assert {t["task_id"]: t["action"] for t in plan["tasks"]} == {
         "extract": "skip",
@@ -279,14 +286,11 @@ def test_resume_in_place_reruns_only_the_failed_tasks(setup: Setup) -> None:
     admin resumes the run in place from the browser (the view calls the API): Airflow clears
     ``transform`` and ``load`` in the same run, ``extract`` does not run again, the catalog
     reopens the run's batch (same execution, same lineage) and retries ``transform`` from its
-    failed row; the resume is in
-    Airflow's audit log, and a second resume is refused (the batch is no longer failed)."""
+    failed row; the resume is in Airflow's audit log, and a second resume is refused (the
+    batch is no longer failed)."""
     deployment, catalog, _, ledgers = setup
     api = deployment.api
-    api.wait_dag_parsed(CHAIN, timeout=90)
-    failed = api.trigger(CHAIN, conf={"fail_first_try": ["transform"]})
-    assert api.wait_run(CHAIN, failed, timeout=180) == "failed"
-    batch = wait_batch_closed(catalog, deployment, CHAIN, failed)
+    failed, batch = _failed_chain(setup, {"fail_first_try": ["transform"]})
     assert (batch.ExecutionStatus, batch.NextLoadStatus) == ("F", "R")
     assert ran(ledger(ledgers, CHAIN), failed) == ["extract"]
     first_try = catalog.task_rows(deployment, CHAIN, failed)

@@ -146,13 +146,7 @@ def test_a_failing_queued_write_fails_its_transaction_and_leaves_nothing(
 
     with pytest.raises(IntegrityError):
         store.transaction(work, "test")
-    with store.engine.connect() as conn:
-        assert (
-            conn.execute(
-                select(E.c.TryNumber).where(E.c.ExecutionID == started.execution_id)
-            ).scalar_one()
-            == 1
-        )
+    assert _try_number(store, started.execution_id) == 1
     assert store.end_task(started.execution_id, TaskOutcome.SUCCESS).changed
 
 
@@ -178,13 +172,7 @@ def test_a_rollback_after_a_flushed_write_undoes_it(
     with pytest.raises(Stop):
         store.transaction(work, "test")
     assert proxy.queries[-1].strip() == "ROLLBACK"
-    with store.engine.connect() as conn:
-        assert (
-            conn.execute(
-                select(E.c.TryNumber).where(E.c.ExecutionID == started.execution_id)
-            ).scalar_one()
-            == 1
-        )
+    assert _try_number(store, started.execution_id) == 1
 
 
 def test_autocommit_connections_send_no_begin(wired: tuple[CatalogStore, QueryRecorder]) -> None:
@@ -195,3 +183,12 @@ def test_autocommit_connections_send_no_begin(wired: tuple[CatalogStore, QueryRe
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM bfx.package"))
     assert [q.strip() for q in proxy.queries] == ["VACUUM bfx.package"]
+
+
+def _try_number(store: CatalogStore, execution_id: int) -> int:
+    """The row's TryNumber as committed (read on a connection of its own)."""
+    E = store.s.Execution
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(select(E.c.TryNumber).where(E.c.ExecutionID == execution_id)).scalar_one()
+        )

@@ -15,22 +15,21 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from airflow_provider_bfx.catalog.engine import create_catalog_engine
 from airflow_provider_bfx.catalog.machine import TaskOutcome
-from airflow_provider_bfx.catalog.migrate import upgrade
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.catalog.txn import utcnow
+from tests.story import deployed_store
 
 DAG = "upstream_dag"
 
 
 @pytest.fixture
 def store(catalog_url: str) -> Iterator[CatalogStore]:
-    engine = create_catalog_engine(catalog_url)
-    upgrade(engine)
+    deployed = deployed_store(catalog_url, clock=utcnow)
     try:
-        yield CatalogStore(engine)
+        yield deployed
     finally:
-        engine.dispose()
+        deployed.engine.dispose()
 
 
 def run_tasks(store: CatalogStore, run_id: str, tasks: int, *, mapped: int = 0) -> None:

@@ -19,12 +19,12 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_provider_bfx.catalog.engine import create_catalog_engine
 from airflow_provider_bfx.catalog.machine import TaskOutcome
-from airflow_provider_bfx.catalog.migrate import upgrade
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.catalog.txn import utcnow
 from airflow_provider_bfx.routing.records import TryKey
 from airflow_provider_bfx.routing.upstream import require_upstreams
+from tests.story import deployed_store
 from tests.unit.catalog.test_upstream_rows import vm_steps
 
 DAG_ID = "upstream_reads"
@@ -47,12 +47,11 @@ class TaskInstanceStandIn:
 
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[CatalogStore]:
-    engine = create_catalog_engine(sqlite_url)
-    upgrade(engine)
+    deployed = deployed_store(sqlite_url, clock=utcnow)
     try:
-        yield CatalogStore(engine)
+        yield deployed
     finally:
-        engine.dispose()
+        deployed.engine.dispose()
 
 
 def downstream_task() -> Any:
