@@ -22,7 +22,13 @@ def runs_awaiting_evidence_txn(
     most ``limit``) whose rows Airflow may contradict. A batch that closed cleanly
     (succeeded, closed, no active task row) is listed with ``settled=True`` and no task ids:
     only a DAG run marked failed by hand afterwards can contradict it, which one cheap
-    question to Airflow settles. Nothing is listed for a DAG without batches."""
+    question to Airflow settles. Nothing is listed for a DAG without batches.
+
+    Nothing is listed either once ``run_id``'s own batch exists in a newer lineage than those
+    batches: the lineage was chosen when that batch was created (the evidence was read before,
+    by the task start that created it), and no later decision of this run reads the older
+    lineage's rows. Without this, every task start of every fresh run asked Airflow again about
+    the previous, cleanly closed run (one execution-API call per task, issue 12)."""
     E = cat.s.Execution
     t = E.alias("t")
     active_child = exists().where(
@@ -37,11 +43,20 @@ def runs_awaiting_evidence_txn(
             E.c.EndTime,
             flag(active_child).label("has_active"),
         )
-        .where(E.c.DagId == dag_id, E.c.TaskId.is_(None), E.c.RunId != run_id)
+        .where(E.c.DagId == dag_id, E.c.TaskId.is_(None))
         .order_by(E.c.ExecutionID.desc())
-        .limit(limit)
+        .limit(limit + 1)
     )
-    rows = conn.execute(query).all()
+    fetched = conn.execute(query).all()
+    rows = [r for r in fetched if r.RunId != run_id][:limit]
+    own = next((r for r in fetched if r.RunId == run_id), None)
+    if (
+        rows
+        and own is not None
+        and own.ExecutionID > rows[0].ExecutionID
+        and own.LineageID != rows[0].LineageID
+    ):
+        return []  # this run's batch already chose a newer lineage
     out: list[RunAwaitingEvidence] = []
     for r in rows:
         if r.LineageID != rows[0].LineageID:

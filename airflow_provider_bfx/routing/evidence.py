@@ -8,7 +8,9 @@ decides, the gate asks the store which runs of the DAG's latest lineage could di
 Airflow (one indexed read), asks Airflow for their states through the Task SDK (the execution
 API: no metadata DB access from the task; for a batch that closed cleanly only the DAG run's
 state, one small call), and the store adopts what differs
-(:mod:`airflow_provider_bfx.catalog.evidence`). No SQL here.
+(:mod:`airflow_provider_bfx.catalog.evidence`). Once the run's batch has started a new lineage,
+the store lists nothing and Airflow is not asked: the earlier lineage decides nothing in this run
+(:func:`airflow_provider_bfx.catalog.adoption.runs_awaiting_evidence_txn`). No SQL here.
 """
 
 from __future__ import annotations

@@ -109,6 +109,28 @@ def test_a_clean_batch_marked_failed_afterwards_resumes(catalog_url: str) -> Non
     assert store.start_task(TaskSpec(b2, "b")).run is Run.SKIP
 
 
+def test_a_run_whose_batch_started_a_new_lineage_awaits_no_evidence(catalog_url: str) -> None:
+    """Once this run's batch exists in a newer lineage, the previous lineage's runs decide
+    nothing here: its later task starts do not ask Airflow about them again (issue 12)."""
+    store = deployed_store(catalog_url)
+    b1 = BatchSpec("wh", "run_1")
+    store.end_task(store.start_task(TaskSpec(b1, "a")).execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("wh", "run_1", succeeded=True)
+    # Before run_2 has a batch, its first task start reads the evidence (and may resume).
+    assert [w.run_id for w in store.runs_awaiting_evidence("wh", "run_2")] == ["run_1"]
+    store.start_task(TaskSpec(BatchSpec("wh", "run_2"), "a"))
+    assert batch_row(store, "wh", "run_2").LineageID != batch_row(store, "wh", "run_1").LineageID
+    assert store.runs_awaiting_evidence("wh", "run_2") == []
+    # A batch that resumes the lineage keeps reading it: Airflow may still contradict it.
+    b3 = BatchSpec("wh", "run_3")
+    failed = store.start_task(TaskSpec(b3, "a"))
+    store.end_task(failed.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch("wh", "run_3", succeeded=False)
+    store.start_task(TaskSpec(BatchSpec("wh", "run_4"), "a"))
+    assert batch_row(store, "wh", "run_4").LineageID == batch_row(store, "wh", "run_3").LineageID
+    assert [w.run_id for w in store.runs_awaiting_evidence("wh", "run_4")] == ["run_3"]
+
+
 def test_an_active_row_lost_to_an_outage_is_closed_with_airflows_success(catalog_url: str) -> None:
     store = deployed_store(catalog_url)
     b1 = BatchSpec("wh", "run_1")
