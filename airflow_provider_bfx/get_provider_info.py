@@ -157,6 +157,19 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "86400",
                         "default": "",
                     },
+                    "skip_ahead": {
+                        "description": (
+                            "The first task of a resumed run decides the run's other completed "
+                            "tasks at once and has Airflow skip them, with their outputs "
+                            "replayed as their XComs, so that none of them needs a task process "
+                            "of its own. False: each starts and skips itself (its log then "
+                            "shows its own BFX_SKIP_COMPLETED line).\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
                 },
             }
         },

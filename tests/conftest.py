@@ -24,6 +24,8 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from tests.databases import drop_database
+
 PG_ADMIN_URL_ENV = "BFX_TEST_PG_URL"
 
 
@@ -67,8 +69,7 @@ def pg_url() -> Iterator[str]:
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(admin, name)
         admin.dispose()
 
 

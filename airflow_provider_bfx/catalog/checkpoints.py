@@ -12,6 +12,9 @@ from airflow_provider_bfx.catalog.payload import UNRECORDED, decode_payload, enc
 from airflow_provider_bfx.catalog.results import Checkpoint
 from airflow_provider_bfx.catalog.txn import Catalog
 
+#: NodeKey of the ``NODE_OUTPUT`` checkpoint that records a task's return value for replay.
+RETURN_VALUE_NODE = "return_value"
+
 
 def payload_text(payload: Any, node: str) -> str | None:
     """The ``Payload`` column of a checkpoint: standard JSON (no NaN or Infinity), else

@@ -85,6 +85,23 @@ class TaskStarted:
     failure_message: str | None = None
     log_lines: tuple[str, ...] = ()
     repeated: bool = False  # the same key was started before: this is that row, unchanged
+    #: This start found its run without a batch, and the batch resumes an older lineage: the
+    #: start that skips the run's completed tasks ahead (decision 0106).
+    resumed_batch: bool = False
+
+
+@dataclass(frozen=True)
+class SkippedAhead:
+    """A task of a resumed run that skip ahead wrote as completed (``C``) before it started:
+    its row, and the return value it recorded when it completed (to be replayed as its
+    XCom)."""
+
+    task_id: str
+    execution_id: int
+    #: The ``BFX_SKIP_COMPLETED`` line of its decision.
+    line: str
+    has_output: bool
+    output: Any = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from airflow_provider_bfx.catalog import (
     checkpoints,
     keys,
     leases,
+    skip_ahead,
     tasks,
     upstreams,
 )
@@ -49,6 +50,7 @@ from airflow_provider_bfx.catalog.results import ExecutionRecord as ExecutionRec
 from airflow_provider_bfx.catalog.results import ExpiredLease as ExpiredLease
 from airflow_provider_bfx.catalog.results import RunAwaitingEvidence as RunAwaitingEvidence
 from airflow_provider_bfx.catalog.results import RunEvidence as RunEvidence
+from airflow_provider_bfx.catalog.results import SkippedAhead as SkippedAhead
 from airflow_provider_bfx.catalog.results import TaskEnded as TaskEnded
 from airflow_provider_bfx.catalog.results import TaskSpec as TaskSpec
 from airflow_provider_bfx.catalog.results import TaskStarted as TaskStarted
@@ -102,6 +104,18 @@ class CatalogStore(Catalog):
         )
         log_lines(started.log_lines)
         return started
+
+    def skip_ahead(self, batch: BatchSpec, specs: Sequence[TaskSpec]) -> list[SkippedAhead]:
+        """The first start of a resumed run: write as completed (``C``), in one transaction,
+        those of ``specs`` their own gates would skip (:mod:`.skip_ahead`). Logs each
+        decision's ``BFX_SKIP_COMPLETED`` line."""
+        if not specs:
+            return []
+        skipped = self.transaction(
+            lambda conn: skip_ahead.skip_ahead_txn(self, conn, batch, specs), "skip ahead"
+        )
+        log_lines([s.line for s in skipped])
+        return skipped
 
     def end_task(
         self,

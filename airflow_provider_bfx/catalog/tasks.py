@@ -16,7 +16,7 @@ never miss a sibling's success.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,7 +67,8 @@ def start_task_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarte
     lines: list[str] = []
     params = task_facts_params(spec)
     rows = conn.execute(task_facts_query(cat), params).all()
-    if not rows:
+    first = not rows
+    if first:
         lines += create_batch_txn(cat, conn, spec.batch, now)
         rows = conn.execute(task_facts_query(cat), params).all()
     f = rows[0]._mapping
@@ -77,7 +78,46 @@ def start_task_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarte
         return repeat_txn(cat, conn, int(f["x_id"]), batch_id, lines, spec, now)
     gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
     decision = machine.task_start(gathered.facts, now)
-    return _write_start_txn(cat, conn, spec, gathered, decision, lines, now)
+    started = _write_start_txn(cat, conn, spec, gathered, decision, lines, now)
+    if first and gathered.lineage_id != batch_id:
+        # This start found its run without a batch, and the batch resumes an older lineage:
+        # the start that may skip the run's completed tasks ahead (:mod:`.skip_ahead`).
+        return replace(started, resumed_batch=True)
+    return started
+
+
+def decide_start_txn(
+    cat: Catalog, conn: Connection, spec: TaskSpec, now: datetime
+) -> tuple[_Gathered, machine.TaskStartDecision] | None:
+    """What this try's own task start would decide, read under the batch row lock and not
+    written: skip ahead (:mod:`.skip_ahead`) decides other tasks of the run with the same rule
+    as their own gates. None when the run has no batch yet or the try already has a row.
+    Settles what a start settles before deciding (a task package registered)."""
+    rows = conn.execute(task_facts_query(cat), task_facts_params(spec)).all()
+    if not rows or rows[0].x_id is not None:
+        return None
+    f = rows[0]._mapping
+    batch_status = parse_status(f["b_status"], row=cat.where(int(f["b_id"])))
+    gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
+    return gathered, machine.task_start(gathered.facts, now)
+
+
+def write_start_txn(
+    cat: Catalog,
+    conn: Connection,
+    spec: TaskSpec,
+    decided: tuple[_Gathered, machine.TaskStartDecision],
+    now: datetime,
+) -> TaskStarted:
+    """Write a decision of :func:`decide_start_txn` exactly as the task's own start would."""
+    gathered, decision = decided
+    return _write_start_txn(cat, conn, spec, gathered, decision, [], now)
+
+
+def start_scope_key(spec: TaskSpec, decided: tuple[_Gathered, machine.TaskStartDecision]) -> str:
+    """The checkpoint scope the decided start would have (lineage + package + item)."""
+    gathered = decided[0]
+    return keys.scope_key(gathered.lineage_id, gathered.package_id, spec.item_fingerprint)
 
 
 def _gather_txn(

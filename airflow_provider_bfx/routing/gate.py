@@ -10,6 +10,9 @@ It asks the catalog what this try must do and makes Airflow do it:
 * **refuse** (already running elsewhere, or a changed definition under ``FAIL``): the task fails
   with the catalog's message and Airflow's retries do not apply.
 
+The start that creates a resumed run's batch also skips the run's other completed tasks ahead,
+so that they need no task process of their own (:mod:`.skip_ahead`, decision 0106).
+
 Before that it adopts Airflow's outcome of earlier runs the catalog did not hear
 (:mod:`.evidence`), and it restores ``all_success``: routing turned the default ``all_success`` into
 ``none_failed`` so that a task downstream of a skipped-as-completed task still runs; a task
@@ -51,6 +54,7 @@ from airflow_provider_bfx.routing.run_conf import RunConfError, parse_run_conf
 from airflow_provider_bfx.routing.settings import BfxSettingsError, settings_for
 from airflow_provider_bfx.routing.skip import decision_line, serve_skip
 from airflow_provider_bfx.routing.skip import recorded_output as recorded_output
+from airflow_provider_bfx.routing.skip_ahead import skip_ahead
 from airflow_provider_bfx.routing.unavailable import CATALOG_MISCONFIGURED as CATALOG_MISCONFIGURED
 from airflow_provider_bfx.routing.unavailable import BfxCatalogUnavailable as BfxCatalogUnavailable
 from airflow_provider_bfx.routing.unavailable import catalog_misconfigured, catalog_unavailable
@@ -94,6 +98,7 @@ def gate(context: Any) -> None:
         facts = task_facts(parse_task)
         spec = task_spec(context, parse_task, facts, settings, run_conf)
         started = store.start_task(spec)
+        skip_ahead(context, store, spec, started, settings)
     except CatalogUnavailableError as exc:
         catalog_unavailable(key, settings, exc)
         return

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_bfx.catalog import foreach as loops
 from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog.checkpoints import RETURN_VALUE_NODE as RETURN_VALUE_NODE
 from airflow_provider_bfx.catalog.codes import (
     CheckpointType,
     ExecutionStatus,
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from airflow_provider_bfx.catalog.store import CatalogStore, TaskSpec, TaskStarted
     from airflow_provider_bfx.routing.lease import LeaseKeeper
 
-#: NodeKey of the checkpoint that records a task's return value for replay.
-RETURN_VALUE_NODE = "return_value"
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 

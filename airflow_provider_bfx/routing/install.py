@@ -34,6 +34,7 @@ from airflow_provider_bfx.callbacks import (
 )
 from airflow_provider_bfx.routing.marks import (
     ALL_SUCCESS,
+    CHAIN_MARK,
     GATED_MARK,
     REPLAY_KEY,
     all_success_restored,
@@ -46,14 +47,12 @@ __all__ = ["all_success_restored", "is_mapped", "replays_output", "route_task", 
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 
-_CHAIN_MARK = "_bfx_chain"
-
 
 # -- hooks -----------------------------------------------------------------------------------
 
 
 def _is_ours(hook: Any, ours: Callable[..., Any]) -> bool:
-    return hook is ours or bool(getattr(hook, _CHAIN_MARK, False))
+    return hook is ours or bool(getattr(hook, CHAIN_MARK, False))
 
 
 def _chain_pre(user_hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,7 +60,7 @@ def _chain_pre(user_hook: Callable[..., Any]) -> Callable[..., Any]:
         bfx_pre_execute(context)
         user_hook(context)
 
-    setattr(bfx_chained_pre_execute, _CHAIN_MARK, True)
+    setattr(bfx_chained_pre_execute, CHAIN_MARK, True)
     return bfx_chained_pre_execute
 
 
@@ -70,7 +69,7 @@ def _chain_post(user_hook: Callable[..., Any]) -> Callable[..., Any]:
         user_hook(context, result)
         bfx_post_execute(context, result)
 
-    setattr(bfx_chained_post_execute, _CHAIN_MARK, True)
+    setattr(bfx_chained_post_execute, CHAIN_MARK, True)
     return bfx_chained_post_execute
 
 

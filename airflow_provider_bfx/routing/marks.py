@@ -18,6 +18,11 @@ REPLAY_KEY = "bfx_replay"
 #: Attribute set on an ``execute`` wrapped so that the gate can serve a replayed output.
 GATED_MARK = "_bfx_gated_execute"
 
+#: Attribute set on the hooks :mod:`.install` chains in front of (or after) the author's own.
+CHAIN_MARK = "_bfx_chain"
+#: Where the gate's own ``pre_execute`` lives (installed unchained when the task had none).
+_CALLBACKS_MODULE = "airflow_provider_bfx.callbacks"
+
 _converted: set[tuple[str, str]] = set()
 _converted_lock = threading.Lock()
 
@@ -26,6 +31,16 @@ def is_mapped(task: Any) -> bool:
     """An unexpanded mapped task (a ``MappedOperator``): the one task object that carries
     ``partial_kwargs``, where its hooks live. A rendered task instance's task is never one."""
     return hasattr(task, "partial_kwargs") and hasattr(task, "operator_class")
+
+
+def is_routed(task: Any) -> bool:
+    """Whether the gate is installed on this unmapped task (its ``pre_execute`` is ours)."""
+    hook = getattr(task, "_pre_execute_hook", None)
+    if hook is None:
+        return False
+    return getattr(hook, "__module__", None) == _CALLBACKS_MODULE or bool(
+        getattr(hook, CHAIN_MARK, False)
+    )
 
 
 def all_success_restored(dag_id: str, task_id: str) -> bool:

@@ -71,6 +71,9 @@ class BfxSettings:
     max_resume_age: int | None = None
     #: ``route_dag(retry_limit=...)``: overrides the Package row for this DAG's batches.
     dag_retry_limit: int | None = None
+    #: ``[bfx] skip_ahead``: a resumed run skips its completed tasks without a task process
+    #: each (decision 0106); off, each of them starts and skips itself.
+    skip_ahead: bool = True
 
 
 def airflow_conf() -> Any:
@@ -167,6 +170,7 @@ def load_settings() -> BfxSettings:
         max_resume_age=_int(
             "max_resume_age", _raw("max_resume_age", ""), allow_empty=True, minimum=0
         ),
+        skip_ahead=_bool("skip_ahead", _raw("skip_ahead", "True")),
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from airflow_provider_bfx.catalog.store import CatalogStore
+from tests.databases import drop_database
 from tests.deployment.harness import Deployment
 
 KINDS = ("metadata", "env", "embedded")
@@ -101,8 +102,7 @@ class CatalogSetup:
             admin = create_engine(
                 self.pg_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool
             )
-            with admin.connect() as conn:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)"))
+            drop_database(admin, self.database)
             admin.dispose()
 
 

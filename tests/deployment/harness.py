@@ -58,6 +58,8 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from tests.databases import drop_database
+
 __all__ = [
     "ADMIN_PASSWORD",
     "ADMIN_USER",
@@ -719,10 +721,7 @@ class Deployment:
             return
         engine = self._admin_engine()
         try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql(
-                    f"DROP DATABASE IF EXISTS {_sql_quote_ident(self.db_name)} WITH (FORCE)"
-                )
+            drop_database(engine, self.db_name)
         finally:
             engine.dispose()
 

@@ -95,6 +95,15 @@ def test_failed_batch_resumes_at_table_48_and_the_next_run_starts_fresh(
         assert row.OriginalExecutionID == rows1[(load, -1)].ExecutionID, load
         assert row.AuditID == rows1[(load, -1)].ExecutionID, load
         assert row.AttemptNumber == 2, n
+    # Skip ahead (decision 0106): the five first loads were queued together and decided for
+    # themselves (try 1); the first of them wrote the other 42 completed loads' rows before
+    # they were scheduled (try 0, no lease) and Airflow skipped them without running them.
+    first_loads = set(LOADS[0:50:10])
+    ahead = {load for load in LOADS[:47] if rows2[(load, -1)].TryNumber == 0}
+    assert ahead == set(LOADS[:47]) - first_loads
+    assert {rows2[(load, -1)].TryNumber for load in first_loads} == {1}
+    assert all(rows2[(load, -1)].LeaseOwner is None for load in ahead)
+    assert "bfx: skipped ahead 42 completed tasks of this resumed run" in out
     retried = rows2[("load_table_48", -1)]
     assert retried.ExecutionStatus == "S"
     assert retried.OriginalExecutionID == failed.ExecutionID

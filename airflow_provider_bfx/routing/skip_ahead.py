@@ -1,0 +1,150 @@
+"""Skip ahead: a resumed run skips its completed tasks without a task process each (issue 12,
+decision 0106).
+
+Without it, every task of a resumed run that the catalog knows is done still costs a worker
+slot, a process start, a DAG parse and a gate, only to end *skipped*. The start that creates
+a resumed run's batch (``TaskStarted.resumed_batch``) instead:
+
+1. picks the candidates from the DAG: every other routed, unmapped task outside a mapped task
+   group that neither decides the run's shape (branch, short-circuit: they decide again) nor
+   produces an ``.expand()`` input (Airflow never expands over a skipped producer, 0043), and
+   that Airflow has not scheduled yet (one ``get_task_states`` call: the run's other first
+   tasks are already queued and decide for themselves);
+2. has the store decide them with their own gates' rule and write the ``C`` rows of those it
+   skips, in one transaction (:mod:`airflow_provider_bfx.catalog.skip_ahead`);
+3. writes each skipped task's recorded return value as that task's XCom (``XCom.set``), so
+   downstream tasks pull what they would have pulled;
+4. sends the Task SDK's ``SkipDownstreamTasks`` with the set: the execution API marks those
+   task instances *skipped* in this DAG run, leaving alone any already running or finished.
+
+Each step after the catalog's is an optimisation of work the tasks would do themselves: if
+the XCom writes or the skip message fail, the catalog rows stand and each task still starts
+and skips itself (its gate reads the ``C`` row as its prior decision), so a failure here is
+logged and the run goes on. A task already running decides for itself as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from airflow_provider_bfx.catalog import keys
+from airflow_provider_bfx.catalog.results import SkippedAhead, TaskSpec, TaskStarted
+from airflow_provider_bfx.catalog.store import CatalogStore
+from airflow_provider_bfx.routing.evidence import task_states_of_run
+from airflow_provider_bfx.routing.marks import is_mapped, is_routed
+from airflow_provider_bfx.routing.request import task_facts
+from airflow_provider_bfx.routing.settings import BfxSettings
+
+log = logging.getLogger("airflow_provider_bfx.routing")
+
+#: The try number of a row written ahead: Airflow's own try number of a task instance that
+#: never started. A later real try (1, or more after a clear) is a new key and decides anew.
+AHEAD_TRY = 0
+
+
+def candidates(dag: Any, own_task_id: str) -> Iterator[Any]:
+    """The tasks skip ahead may decide (module docstring, step 1), in the DAG's order."""
+    for task in dag.tasks:
+        if task.task_id == own_task_id or is_mapped(task) or not is_routed(task):
+            continue
+        if task.get_closest_mapped_task_group() is not None:
+            continue
+        facts = task_facts(task)
+        if facts.decides_shape or facts.feeds_expand:
+            continue
+        yield task
+
+
+def skip_ahead(
+    context: Mapping[str, Any],
+    store: CatalogStore,
+    spec: TaskSpec,
+    started: TaskStarted,
+    settings: BfxSettings,
+) -> list[SkippedAhead]:
+    """Skip the run's completed tasks ahead when ``started`` created a resumed batch."""
+    if not started.resumed_batch or not settings.skip_ahead:
+        return []
+    ti = context["ti"]
+    dag = context.get("dag") or ti.task.dag
+    tasks = {task.task_id: task for task in candidates(dag, spec.task_id)}
+    try:
+        waiting = _not_scheduled(ti, spec, set(tasks))
+    except Exception as exc:
+        log.warning(
+            "bfx: skip ahead could not read Airflow's states of this run (%s: %s); each"
+            " completed task starts and skips itself",
+            type(exc).__name__,
+            exc,
+        )
+        return []
+    specs = [
+        TaskSpec(
+            batch=spec.batch,
+            task_id=task_id,
+            map_index=keys.UNMAPPED,
+            try_number=AHEAD_TRY,
+            operator_fingerprint=task_facts(task).operator_fingerprint,
+            policy=spec.policy,
+        )
+        for task_id, task in tasks.items()
+        if task_id in waiting
+    ]
+    skipped = store.skip_ahead(spec.batch, specs)  # catalog errors: the gate's to classify
+    if not skipped:
+        return []
+    try:
+        _replay_outputs(dag, spec, skipped)
+        _skip_in_airflow(skipped)
+    except Exception as exc:
+        log.warning(
+            "bfx: skip ahead wrote %d completed tasks to the catalog but could not tell"
+            " Airflow (%s: %s); each of them starts and skips itself instead",
+            len(skipped),
+            type(exc).__name__,
+            exc,
+        )
+        return skipped
+    log.info(
+        "bfx: skipped ahead %d completed tasks of this resumed run without a task process each: %s",
+        len(skipped),
+        ",".join(s.task_id for s in skipped),
+    )
+    return skipped
+
+
+def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
+    """Those of ``task_ids`` Airflow has not scheduled yet in this run (no state: they wait on
+    their upstreams). One that is already scheduled, queued or running (the run's other first
+    tasks) starts anyway: its own gate decides it, so that it is decided exactly once."""
+    if not task_ids:
+        return set()
+    states = task_states_of_run(ti, spec.batch.dag_id, spec.batch.run_id, task_ids)
+    return {task_id for (task_id, _), state in states.items() if state is None}
+
+
+def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> None:
+    """Each skipped task's recorded return value as its own XCom (and its keys, for a task
+    with ``multiple_outputs``), as its gate would have pushed it."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    for s in skipped:
+        if not s.has_output or s.output is None:
+            continue
+        where = dict(dag_id=spec.batch.dag_id, task_id=s.task_id, run_id=spec.batch.run_id)
+        XCom.set("return_value", s.output, **where)
+        if task_facts(dag.task_dict[s.task_id]).multiple_outputs and isinstance(s.output, Mapping):
+            for name, value in s.output.items():
+                XCom.set(str(name), value, **where)
+
+
+def _skip_in_airflow(skipped: list[SkippedAhead]) -> None:
+    """One ``SkipDownstreamTasks`` message: the execution API skips the listed task instances
+    of this DAG run that have not started (it names them "downstream", but checks only that
+    they belong to the run)."""
+    from airflow.sdk.execution_time.comms import SkipDownstreamTasks
+    from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
+
+    SUPERVISOR_COMMS.send(SkipDownstreamTasks(tasks=[(s.task_id, keys.UNMAPPED) for s in skipped]))
