@@ -17,10 +17,11 @@ a resumed run's batch (``TaskStarted.resumed_batch``) instead:
 4. sends the Task SDK's ``SkipDownstreamTasks`` with the set: the execution API marks those
    task instances *skipped* in this DAG run, leaving alone any already running or finished.
 
-Each step after the catalog's is an optimisation of work the tasks would do themselves: if
-the XCom writes or the skip message fail, the catalog rows stand and each task still starts
-and skips itself (its gate reads the ``C`` row as its prior decision), so a failure here is
-logged and the run goes on. A task already running decides for itself as before.
+Every step is an optimisation of work the tasks would do themselves, so a failure here is
+logged and the run goes on: if the catalog transaction fails nothing is written; if the XCom
+writes or the skip message fail, the catalog rows stand and each task still starts and skips
+itself (its gate reads the ``C`` row as its prior decision). A task already running decides
+for itself as before.
 """
 
 from __future__ import annotations
@@ -92,7 +93,19 @@ def skip_ahead(
         for task_id, task in tasks.items()
         if task_id in waiting
     ]
-    skipped = store.skip_ahead(spec.batch, specs)  # catalog errors: the gate's to classify
+    try:
+        skipped = store.skip_ahead(spec.batch, specs)
+    except Exception as exc:
+        # Nothing was written (one transaction). This try's own start is recorded and stands:
+        # an outage or a corrupt row of another task must not fail it; each of those tasks
+        # meets the same error, with the usual message, when it starts.
+        log.warning(
+            "bfx: skip ahead failed in the catalog (%s: %s); each completed task starts and"
+            " skips itself",
+            type(exc).__name__,
+            exc,
+        )
+        return []
     if not skipped:
         return []
     try:
