@@ -22,6 +22,7 @@ EXPECTED_DEFAULTS = {
     "resume_scope": "lineage",
     "retry_limit": "3",
     "max_resume_age": "",
+    "skip_ahead": "True",
 }
 
 
