@@ -21,7 +21,8 @@ After one untimed warm-up run of each DAG, every round:
 * **resume**: (a) routed: a run with ``{"fail_tables": ["load_table_48"]}`` (untimed), then a
   NEW run without conf, timed trigger -> terminal: the first of the five first loads skips the
   other completed loads ahead (decision 0106: no task process for them), the other four first
-  loads skip themselves, 48, 49, 50, merge and publish run; (b) plain Airflow: the same failed run on the plain DAG, then
+  loads skip themselves, 48, 49, 50, merge and publish run; (b) plain Airflow: the same failed
+  run on the plain DAG, then
   Airflow's own alternative: ``clearTaskInstances`` of ``load_table_48`` with its downstream
   tasks in that run (only_failed false, reset_dag_runs true), timed from the clear call until
   the run is terminal again. The failure is injected through the run's conf, which a cleared run
@@ -266,8 +267,9 @@ class Bench:
 
     # -- checks ---------------------------------------------------------------------------
     @staticmethod
-    def expect(sample: Sample, state: str, states: dict[str, int], processes: int) -> None:
-        if (sample.state, sample.states, sample.processes) != (state, states, processes):
+    def expect(sample: Sample, state: str, states: dict[str, int], processes: int | range) -> None:
+        wanted = processes if isinstance(processes, range) else range(processes, processes + 1)
+        if (sample.state, sample.states) != (state, states) or sample.processes not in wanted:
             raise BenchError(
                 f"{sample.dag_id}/{sample.run_id} ({sample.kind}): {sample.state},"
                 f" task states {sample.states}, {sample.processes} task processes;"
@@ -335,7 +337,9 @@ class Bench:
         batch1 = self.batch(failed, ("F", "R"))
         sample = self.window(rnd, "routed_resumed", ROUTED, self.trigger(ROUTED))
         # Skip ahead (0106): most of the 47 finished loads are skipped with no task process.
-        self.expect(sample, "success", {"skipped": 47, "success": 5}, TASKS)
+        # At least the five first loads and the five that run; at most every task (a load that
+        # Airflow scheduled while the first one skipped ahead decides for itself).
+        self.expect(sample, "success", {"skipped": 47, "success": 5}, range(10, TASKS + 1))
         ran = {
             t for (t, _), s in self.api.task_states(ROUTED, sample.run_id).items() if s == "success"
         }
