@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, exists, func, insert, select, update
 
 from airflow_provider_bfx.catalog import evidence, keys
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn
@@ -29,25 +29,7 @@ def runs_awaiting_evidence_txn(
     by the task start that created it), and no later decision of this run reads the older
     lineage's rows. Without this, every task start of every fresh run asked Airflow again about
     the previous, cleanly closed run (one execution-API call per task, issue 12)."""
-    E = cat.s.Execution
-    t = E.alias("t")
-    active_child = exists().where(
-        t.c.ParentExecutionID == E.c.ExecutionID, t.c.ExecutionStatus.in_(ACTIVE)
-    )
-    query = (
-        select(
-            E.c.ExecutionID,
-            E.c.RunId,
-            E.c.LineageID,
-            E.c.ExecutionStatus,
-            E.c.EndTime,
-            flag(active_child).label("has_active"),
-        )
-        .where(E.c.DagId == dag_id, E.c.TaskId.is_(None))
-        .order_by(E.c.ExecutionID.desc())
-        .limit(limit + 1)
-    )
-    fetched = conn.execute(query).all()
+    fetched = conn.execute(_batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
     rows = [r for r in fetched if r.RunId != run_id][:limit]
     own = next((r for r in fetched if r.RunId == run_id), None)
     if (
@@ -74,6 +56,34 @@ def runs_awaiting_evidence_txn(
             )
         )
     return out
+
+
+def _batches_query(cat: Catalog, limit: int) -> Select[Any]:
+    """The DAG ``p_dag``'s newest ``limit`` batch rows, with whether each has an active task
+    row. Built once per store: building it (an alias of the wide Execution table) cost more
+    than running it, on every task start (issue 12)."""
+
+    def build() -> Select[Any]:
+        E = cat.s.Execution
+        t = E.alias("t")
+        active_child = exists().where(
+            t.c.ParentExecutionID == E.c.ExecutionID, t.c.ExecutionStatus.in_(ACTIVE)
+        )
+        return (
+            select(
+                E.c.ExecutionID,
+                E.c.RunId,
+                E.c.LineageID,
+                E.c.ExecutionStatus,
+                E.c.EndTime,
+                flag(active_child).label("has_active"),
+            )
+            .where(E.c.DagId == bindparam("p_dag"), E.c.TaskId.is_(None))
+            .order_by(E.c.ExecutionID.desc())
+            .limit(limit)
+        )
+
+    return cat.memo(f"batches_awaiting_evidence_{limit}", build)
 
 
 def task_ids_txn(

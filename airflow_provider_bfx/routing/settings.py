@@ -13,6 +13,7 @@ serialized DAG, which carries the trigger rules the routing changed). See decisi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -22,6 +23,7 @@ from airflow_provider_bfx.catalog.machine import ResumeScope
 from airflow_provider_bfx.exceptions import BfxError
 
 SECTION = "bfx"
+_ENV_PREFIX = "AIRFLOW__BFX__"
 #: The one definition of the default catalog connection id (the hook's ``default_conn_name``).
 DEFAULT_CATALOG_CONN_ID = "bfx_catalog_default"
 DEFAULT_LEASE_SECONDS = 60.0
@@ -144,8 +146,27 @@ def route_all_dags() -> bool:
     return _bool("route_all_dags", _raw("route_all_dags", "False"))
 
 
+_loaded: dict[tuple[tuple[str, str], ...], BfxSettings] = {}
+
+
 def load_settings() -> BfxSettings:
-    """The ``[bfx]`` section, validated, with the provider's defaults."""
+    """The ``[bfx]`` section, validated, with the provider's defaults.
+
+    Kept per snapshot of the ``AIRFLOW__BFX__*`` environment variables: a variable set (or
+    changed) later is still honoured, while the ten options are not read again through
+    Airflow's configuration on every task start (about 1 ms each time, issue 12). A value that
+    fails validation is never kept, so it fails again, with its message, on the next read."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)))
+    found = _loaded.get(key)
+    if found is None:
+        found = _read_settings()
+        if len(_loaded) > 64:
+            _loaded.clear()
+        _loaded[key] = found
+    return found
+
+
+def _read_settings() -> BfxSettings:
     return BfxSettings(
         catalog_conn_id=_raw("catalog_conn_id", DEFAULT_CATALOG_CONN_ID) or DEFAULT_CATALOG_CONN_ID,
         route_all_dags=route_all_dags(),
