@@ -148,8 +148,9 @@ class _CatalogTarget(NamedTuple):
 
     url: URL
     dialect_name: str
-    #: The connection's own hook; ``None`` for the embedded catalog.
-    db_hook: DbApiHook | None
+    #: The defined connection; ``None`` for the embedded catalog. Its own hook (``get_hook``)
+    #: is built only when asked for (:attr:`BfxCatalogHook.connection_hook`).
+    conn: Any
     #: The SQLite file of the embedded catalog; ``None`` for a defined connection.
     embedded_path: str | None
 
@@ -202,10 +203,20 @@ class BfxCatalogHook(DbApiHook):
                 f"The BFX catalog connection {conn_id!r} has conn_type {conn.conn_type!r}; "
                 f"the catalog needs a {_SUPPORTED_TYPES_TEXT} connection."
             )
-        db_hook = conn.get_hook()
-        url = _catalog_url(conn_id, conn_type, db_hook, conn.extra_dejson)
+        url = _postgres_url(conn) if conn_type == "postgres" else None
+        if url is None:
+            self.__dict__["connection_hook"] = conn.get_hook()
+            url = _hook_url(self.connection_hook)
+        url = _catalog_url(conn_id, conn_type, url, conn.extra_dejson)
         self._connection = conn
-        return _CatalogTarget(url, SUPPORTED_CONN_TYPES[conn_type], db_hook, None)
+        return _CatalogTarget(url, SUPPORTED_CONN_TYPES[conn_type], conn, None)
+
+    @cached_property
+    def connection_hook(self) -> DbApiHook | None:
+        """The catalog connection's own hook (``PostgresHook``, ``MsSqlHook``, ``SqliteHook``);
+        ``None`` for the embedded catalog. Built on first use: the routing never needs it."""
+        conn = self._target.conn
+        return None if conn is None else conn.get_hook()
 
     def _embedded_target(self) -> _CatalogTarget:
         from airflow.sdk import Connection
@@ -235,7 +246,7 @@ class BfxCatalogHook(DbApiHook):
 
     @cached_property
     def placeholder(self) -> str:
-        db_hook = self._target.db_hook
+        db_hook = self.connection_hook
         return db_hook.placeholder if db_hook is not None else "?"
 
     def get_uri(self) -> str:
@@ -265,8 +276,9 @@ class BfxCatalogHook(DbApiHook):
         SQLite hook's ``get_conn`` does not set them).
         """
         target = self._target
-        if target.db_hook is not None and target.dialect_name != "sqlite":
-            return target.db_hook.get_conn()
+        db_hook = self.connection_hook
+        if db_hook is not None and target.dialect_name != "sqlite":
+            return db_hook.get_conn()
         return self.get_catalog_engine().raw_connection()
 
     def get_store(self, **store_kwargs: Any) -> CatalogStore:
@@ -308,13 +320,38 @@ class BfxCatalogHook(DbApiHook):
                 self._catalog_engine = None
 
 
-def _catalog_url(conn_id: str, conn_type: str, db_hook: Any, extra: dict[str, Any]) -> URL:
-    """The SQLAlchemy URL of a connection, as its own hook builds it, fit for the catalog."""
+def _hook_url(db_hook: Any) -> URL:
+    """The SQLAlchemy URL a connection's own hook builds."""
     try:
-        url = make_url(db_hook.sqlalchemy_url)
+        return make_url(db_hook.sqlalchemy_url)
     except (AttributeError, NotImplementedError):
-        url = make_url(db_hook.get_uri())
+        return make_url(db_hook.get_uri())
 
+
+def _postgres_url(conn: Any) -> URL | None:
+    """``PostgresHook.sqlalchemy_url`` of ``conn``, built from the same fields without
+    importing the hook: its module imports psycopg 3, about a quarter of a second in every task
+    process that only needs the URL (issue 12). ``None`` (ask the hook) when the connection
+    wants what only the hook does: IAM tokens, or a ``sqlalchemy_query`` that is not a mapping
+    (the hook's own error says so). ``tests/unit/hooks`` holds it equal to the hook's URL."""
+    extra = conn.extra_dejson
+    query = extra.get("sqlalchemy_query", {})
+    if extra.get("iam") or not isinstance(query, dict):
+        return None
+    text = lambda v: None if v is None else str(v)  # noqa: E731 - the hook's __cast_nullable
+    return URL.create(
+        drivername=extra.get("sqlalchemy_scheme") or "postgresql",
+        username=text(conn.login),
+        password=text(conn.password),
+        host=text(conn.host),
+        port=None if conn.port is None else int(conn.port),
+        database=text(conn.schema) or None,
+        query=query,
+    )
+
+
+def _catalog_url(conn_id: str, conn_type: str, url: URL, extra: dict[str, Any]) -> URL:
+    """The SQLAlchemy URL of a connection (as its own hook builds it), fit for the catalog."""
     if conn_type == "postgres":
         if not extra.get("sqlalchemy_scheme"):
             url = url.set(drivername=DEFAULT_POSTGRES_DRIVERNAME)

@@ -322,3 +322,33 @@ def test_the_hook_is_the_one_store_factory_and_deploys_the_embedded_catalog(
         assert [r.DagId for r in routed.executions("wh")] == ["wh"]
     finally:
         routing_catalog.forget_stores()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"conn_type": "postgres", "host": "db.example", "login": "u", "password": "p@ss:w/rd"},
+        {"conn_type": "postgres", "host": "db", "port": 6432, "schema": "wh", "login": "u"},
+        {"conn_type": "postgres", "host": "db", "schema": "wh", "extra": {"sslmode": "require"}},
+        {
+            "conn_type": "postgres",
+            "host": "db",
+            "extra": {"sqlalchemy_scheme": "postgresql+psycopg", "sqlalchemy_query": {"a": "b"}},
+        },
+        {"conn_type": "postgres", "host": "db", "extra": {"sqlalchemy_query": {"sslmode": "x"}}},
+    ],
+)
+def test_postgres_url_without_the_hook_is_the_hooks_url(
+    monkeypatch: pytest.MonkeyPatch, value: dict
+) -> None:
+    """The catalog URL is built without importing PostgresHook (issue 12), and is exactly the
+    URL the hook would have given: a change in the provider fails here."""
+    define_connection(monkeypatch, "bfx_pg_url", value)
+    hook = BfxCatalogHook(catalog_conn_id="bfx_pg_url")
+    conn = hook.get_connection("bfx_pg_url")
+    expected = catalog_hook_module._catalog_url(
+        "bfx_pg_url", "postgres", catalog_hook_module._hook_url(conn.get_hook()), conn.extra_dejson
+    )
+    assert hook.sqlalchemy_url == expected
+    assert "connection_hook" not in hook.__dict__  # the provider's hook was not built
+    assert hook.connection_hook is not None  # and still is, on demand
