@@ -223,3 +223,32 @@ def test_item_fingerprint_is_the_input_value_not_its_position() -> None:
     assert fingerprint.item_fingerprint({"a": 1, "b": [2]}) == fingerprint.item_fingerprint(
         {"b": [2], "a": 1}
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "forks"),
+    [
+        (["airflow", "scheduler"], True),
+        (["airflow", "celery", "worker", "--queues", "default"], True),
+        (["airflow", "api-server"], False),
+        (["airflow", "dag-processor"], False),
+        (["airflow", "triggerer"], False),
+        (["airflow", "dags", "test", "warehouse_batch"], False),
+        (["airflow", "celery", "flower"], False),
+    ],
+)
+def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], forks: bool) -> None:
+    """Decision 0107: the scheduler and a Celery worker import the gate's modules once, so that
+    the task processes they fork inherit them; no other Airflow process pays for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from airflow_provider_bfx.routing import policy;"
+        f" print(policy._preload_task_side({argv!r}),"
+        " 'airflow_provider_bfx.routing.gate' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert out[-2:] == [str(forks), str(forks)]
