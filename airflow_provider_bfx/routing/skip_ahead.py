@@ -12,9 +12,10 @@ a resumed run's batch (``TaskStarted.resumed_batch``) instead:
    tasks are already queued and decide for themselves);
 2. has the store decide them with their own gates' rule and write the ``C`` rows of those it
    skips, in one transaction (:mod:`airflow_provider_bfx.catalog.skip_ahead`);
-3. writes each skipped task's recorded return value as that task's XCom (``XCom.set``), so
-   downstream tasks pull what they would have pulled;
-4. sends the Task SDK's ``SkipDownstreamTasks`` with the set: the execution API marks those
+3. layer by layer (:func:`waves`: the successors of the run's first tasks first), writes each
+   skipped task's recorded return value as that task's XCom (``XCom.set``), so downstream tasks
+   pull what they would have pulled, then
+4. sends the Task SDK's ``SkipDownstreamTasks`` with that layer: the execution API marks those
    task instances *skipped* in this DAG run, leaving alone any already running or finished.
 
 Every step is an optimisation of work the tasks would do themselves, so a failure here is
@@ -108,14 +109,18 @@ def skip_ahead(
         return []
     if not skipped:
         return []
+    told = 0
     try:
-        _replay_outputs(dag, spec, skipped)
-        _skip_in_airflow(skipped)
+        for wave in waves(dag, skipped):
+            _replay_outputs(dag, spec, wave)
+            _skip_in_airflow(wave)
+            told += len(wave)
     except Exception as exc:
         log.warning(
-            "bfx: skip ahead wrote %d completed tasks to the catalog but could not tell"
-            " Airflow (%s: %s); each of them starts and skips itself instead",
+            "bfx: skip ahead wrote %d completed tasks to the catalog but could tell Airflow of"
+            " only %d (%s: %s); each of the others starts and skips itself instead",
             len(skipped),
+            told,
             type(exc).__name__,
             exc,
         )
@@ -138,6 +143,34 @@ def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
     return {task_id for (task_id, _), state in states.items() if state is None}
 
 
+def waves(dag: Any, skipped: list[SkippedAhead]) -> list[list[SkippedAhead]]:
+    """The skipped tasks in the order Airflow is told, layer by layer: a task's layer is one
+    more than its deepest upstream among them (0: none is). The first layer holds the
+    successors of the run's first tasks, which Airflow schedules as soon as those end: told
+    first, they are skipped before Airflow starts a process for them. Each layer's outputs are
+    written before its skip, so a task's XCom exists whenever it shows finished."""
+    ids = {s.task_id for s in skipped}
+    layer: dict[str, int] = {}
+    for start in ids:
+        stack = [start]
+        while stack:
+            task_id = stack[-1]
+            if task_id in layer:
+                stack.pop()
+                continue
+            ups = [u for u in dag.task_dict[task_id].upstream_task_ids if u in ids]
+            missing = [u for u in ups if u not in layer]
+            if missing:
+                stack.extend(missing)
+                continue
+            layer[task_id] = 1 + max((layer[u] for u in ups), default=-1)
+            stack.pop()
+    out: list[list[SkippedAhead]] = [[] for _ in range(1 + max(layer.values(), default=-1))]
+    for s in skipped:
+        out[layer[s.task_id]].append(s)
+    return out
+
+
 def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> None:
     """Each skipped task's recorded return value as its own XCom (and its keys, for a task
     with ``multiple_outputs``), as its gate would have pushed it."""
@@ -154,9 +187,9 @@ def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> No
 
 
 def _skip_in_airflow(skipped: list[SkippedAhead]) -> None:
-    """One ``SkipDownstreamTasks`` message: the execution API skips the listed task instances
-    of this DAG run that have not started (it names them "downstream", but checks only that
-    they belong to the run)."""
+    """One ``SkipDownstreamTasks`` message per layer: the execution API skips the listed task
+    instances of this DAG run that have not started (it names them "downstream", but checks
+    only that they belong to the run)."""
     from airflow.sdk.execution_time.comms import SkipDownstreamTasks
     from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
 

@@ -252,3 +252,24 @@ def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], for
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
     assert out[-2:] == [str(forks), str(forks)]
+
+
+def test_skip_ahead_tells_airflow_layer_by_layer() -> None:
+    """Decision 0106: the successors of the run's first tasks are skipped first; a task comes
+    after every upstream of it that is skipped ahead too."""
+    from airflow.sdk import DAG, chain
+    from airflow.sdk.bases.operator import BaseOperator
+
+    from airflow_provider_bfx.catalog.results import SkippedAhead
+    from airflow_provider_bfx.routing.skip_ahead import waves
+
+    with DAG("layers", schedule=None) as dag:
+        t = {name: BaseOperator(task_id=name) for name in "abcdefg"}
+        chain(t["a"], t["b"], t["c"], t["d"])  # a: the first task, runs itself
+        chain(t["e"], t["f"])
+        t["b"] >> t["f"]
+        t["g"] >> t["d"]
+    skipped = [SkippedAhead(x, i, "", False) for i, x in enumerate("dcbfe")]
+    got = [[s.task_id for s in wave] for wave in waves(dag, skipped)]
+    assert got == [["b", "e"], ["c", "f"], ["d"]]
+    assert waves(dag, []) == []
