@@ -12,9 +12,9 @@ a resumed run's batch (``TaskStarted.resumed_batch``) instead:
    tasks are already queued and decide for themselves);
 2. has the store decide them with their own gates' rule and write the ``C`` rows of those it
    skips, in one transaction (:mod:`airflow_provider_bfx.catalog.skip_ahead`);
-3. layer by layer (:func:`waves`: the successors of the run's first tasks first), writes each
-   skipped task's recorded return value as that task's XCom (``XCom.set``), so downstream tasks
-   pull what they would have pulled, then
+3. layer by layer, deepest first (:func:`waves`), writes each skipped task's recorded return
+   value as that task's XCom (``XCom.set``), so downstream tasks pull what they would have
+   pulled, then
 4. sends the Task SDK's ``SkipDownstreamTasks`` with that layer: the execution API marks those
    task instances *skipped* in this DAG run, leaving alone any already running or finished.
 
@@ -144,11 +144,16 @@ def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
 
 
 def waves(dag: Any, skipped: list[SkippedAhead]) -> list[list[SkippedAhead]]:
-    """The skipped tasks in the order Airflow is told, layer by layer: a task's layer is one
-    more than its deepest upstream among them (0: none is). The first layer holds the
-    successors of the run's first tasks, which Airflow schedules as soon as those end: told
-    first, they are skipped before Airflow starts a process for them. Each layer's outputs are
-    written before its skip, so a task's XCom exists whenever it shows finished."""
+    """The skipped tasks in the order Airflow is told: deepest layer first, where a task's
+    layer is one more than its deepest upstream among them (0: none is).
+
+    Skipping a task lets Airflow schedule its downstream tasks. Told deepest first, a skipped
+    task is never told after one of its upstreams, so no task of the set becomes schedulable
+    before it is skipped itself; and the tasks that must run downstream of the deepest ones
+    (the failed load, on the run's critical path) can start after the first layer, not the
+    last. Each layer's outputs are written before its skip, so a task's XCom exists whenever
+    it shows finished. (Told shallowest first, each layer let Airflow schedule the next before
+    it was skipped: measured, more task processes, not fewer.)"""
     ids = {s.task_id for s in skipped}
     layer: dict[str, int] = {}
     for start in ids:
@@ -168,7 +173,7 @@ def waves(dag: Any, skipped: list[SkippedAhead]) -> list[list[SkippedAhead]]:
     out: list[list[SkippedAhead]] = [[] for _ in range(1 + max(layer.values(), default=-1))]
     for s in skipped:
         out[layer[s.task_id]].append(s)
-    return out
+    return out[::-1]
 
 
 def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> None:

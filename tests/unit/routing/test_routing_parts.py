@@ -254,9 +254,9 @@ def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], for
     assert out[-2:] == [str(forks), str(forks)]
 
 
-def test_skip_ahead_tells_airflow_layer_by_layer() -> None:
-    """Decision 0106: the successors of the run's first tasks are skipped first; a task comes
-    after every upstream of it that is skipped ahead too."""
+def test_skip_ahead_tells_airflow_deepest_layer_first() -> None:
+    """Decision 0106: deepest first, so that no task is told after one of its upstreams (a
+    skip lets Airflow schedule the downstream tasks)."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -271,5 +271,5 @@ def test_skip_ahead_tells_airflow_layer_by_layer() -> None:
         t["g"] >> t["d"]
     skipped = [SkippedAhead(x, i, "", False) for i, x in enumerate("dcbfe")]
     got = [[s.task_id for s in wave] for wave in waves(dag, skipped)]
-    assert got == [["b", "e"], ["c", "f"], ["d"]]
+    assert got == [["d"], ["c", "f"], ["b", "e"]]
     assert waves(dag, []) == []
