@@ -129,6 +129,54 @@ def test_task_start_and_task_end_are_two_round_trips_each(
     )
 
 
+def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecorder]) -> None:
+    """The first task of a new run (decision 0105): the task facts (no batch yet), the DAG
+    package's lock with the one batch-start facts SELECT, the batch INSERT with the task
+    facts, the task INSERT with the COMMIT. Reconciling a crashed previous batch (its writes
+    are queued too) costs nothing more."""
+    store, proxy = wired
+    first = BatchSpec("pipe_dag", "run-0")  # registers the packages (a first sight's extra reads)
+    crashed = store.start_task(TaskSpec(first, "load"))
+    store.end_task(crashed.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+    # run-0 never ends: the next batch start closes it by inference (F/R).
+
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "load"))
+    sent = list(proxy.queries)
+
+    assert len(sent) == 4, sent
+    assert sent[0].startswith("BEGIN;") and "FOR UPDATE OF b" in sent[0], sent[0]
+    lock, read = sent[1].split(";\n", 1)
+    assert lock.startswith("SELECT bfx.package.packageid") and "FOR UPDATE" in lock, sent[1]
+    assert "nextval" in read and "FOR UPDATE" not in read, sent[1]
+    assert sent[2].startswith("UPDATE bfx.execution ") and "INSERT INTO bfx.execution " in sent[2]
+    assert sent[2].rstrip().endswith("FOR UPDATE OF b"), sent[2]  # the task facts, again
+    assert "INSERT INTO bfx.execution " in sent[3] and sent[3].rstrip().endswith("COMMIT")
+
+    rows = {r.ExecutionID: r for r in store.executions("pipe_dag")}
+    old = rows[crashed.batch_execution_id]
+    assert (old.ExecutionStatus, old.NextLoadStatus, old.EndTime is not None) == ("F", "R", True)
+    new = rows[started.batch_execution_id]
+    assert (new.ExecutionStatus, new.AttemptNumber) == ("R", 2)
+    assert new.OriginalExecutionID == crashed.batch_execution_id
+    row = rows[started.execution_id]
+    assert (row.ExecutionStatus, row.ParentExecutionID) == ("R", started.batch_execution_id)
+
+
+def test_a_batch_start_takes_one_id_however_many_rows_it_reads(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """The batch-start facts query returns a row per active task it reads (here three of an
+    overlapping run); the sequence still gives it one ExecutionID, the new batch row's."""
+    store, _ = wired
+    r0 = BatchSpec("pipe_dag", "run-0")
+    running = [store.start_task(TaskSpec(r0, f"t{n}", lease_seconds=600)) for n in range(3)]
+    last = max(t.execution_id for t in running)
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "t0"))
+    assert started.batch_execution_id == last + 1
+    assert started.execution_id == last + 2
+
+
 def test_a_failing_queued_write_fails_its_transaction_and_leaves_nothing(
     wired: tuple[CatalogStore, QueryRecorder],
 ) -> None:
