@@ -186,13 +186,18 @@ def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
     # DAG (another task, another item) in between does not hide it. None: the latest batch
     # of the DAG, which the machine then starts fresh from.
     nested = latest.where(
+        par.c.ExecutionID.is_not(None),  # a top-level batch reads nothing here
         E.c.ParentExecutionID.in_(
-            select(trig.c.ExecutionID).where(
+            select(trig.c.ExecutionID)
+            .where(
                 trig.c.LineageID == par.c.LineageID,
                 trig.c.PackageID == par.c.PackageID,
                 trig.c.ItemFingerprint == par.c.ItemFingerprint,
             )
-        )
+            # Named: auto-correlation does not reach two levels up (without it, `par` would be
+            # a FROM of its own here and the IN list every triggered batch).
+            .correlate(par)
+        ),
     )
     prev_id = func.coalesce(
         nested.with_only_columns(E.c.ExecutionID).scalar_subquery(),
