@@ -31,6 +31,7 @@ from airflow_provider_bfx.catalog.leases import (
     may_have_lapsed,
 )
 from airflow_provider_bfx.catalog.liveness import lease_live, this_host
+from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
 from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -170,9 +171,8 @@ def batch_start_facts_query(cat: Catalog, *, with_next_id: bool) -> Select[Any]:
     """The batch-start facts query, built once per store. Parameters: ``p_dag``, ``p_now``,
     ``p_host``, ``p_batch_key``, ``p_parent``. One row per active task row it reads (the
     other columns repeat), one row when there is none, no row without a DAG package."""
-    return cat.memo(
-        f"batch_facts_{with_next_id}", lambda: _build_batch_start_facts(cat, with_next_id)
-    )
+    name = f"batch_facts_{int(with_next_id)}"
+    return cat.memo(name, lambda: prepared(_build_batch_start_facts(cat, with_next_id), name))
 
 
 def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
@@ -269,7 +269,7 @@ def task_facts_query(cat: Catalog) -> Select[Any]:
     """The task-start facts query, built once per store: constructing it costs milliseconds
     of Python (seven aliases, ~170 columns), more than the statement itself takes to run.
     Parameters: ``p_item``, ``p_dag``, ``p_task``, ``p_task_key``, ``p_batch_key``."""
-    return cat.memo("task_facts", lambda: _build_task_facts(cat))
+    return cat.memo("task_facts", lambda: prepared(_build_task_facts(cat), "task_facts"))
 
 
 def _build_task_facts(cat: Catalog) -> Select[Any]:
@@ -381,7 +381,7 @@ def task_facts_params(spec: TaskSpec) -> dict[str, Any]:
 
 def task_end_facts_query(cat: Catalog) -> Select[Any]:
     """The task-end facts query (built once per store; parameter ``p_execution_id``)."""
-    return cat.memo("task_end_facts", lambda: _build_task_end_facts(cat))
+    return cat.memo("task_end_facts", lambda: prepared(_build_task_end_facts(cat), "end_facts"))
 
 
 def _build_task_end_facts(cat: Catalog) -> Select[Any]:
