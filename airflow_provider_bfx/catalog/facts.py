@@ -33,7 +33,7 @@ from airflow_provider_bfx.catalog.leases import (
 from airflow_provider_bfx.catalog.liveness import lease_live, this_host
 from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag
+from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag, one_of
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.exceptions import CatalogStateError
 
@@ -205,7 +205,10 @@ def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
     )
     failed = exists().where(
         child.c.ParentExecutionID == prev.c.ExecutionID,
-        child.c.ExecutionStatus.in_([ExecutionStatus.FAILED.value, ExecutionStatus.ABORTED.value]),
+        one_of(
+            child.c.ExecutionStatus,
+            [ExecutionStatus.FAILED.value, ExecutionStatus.ABORTED.value],
+        ),
     )
     now: Any = bindparam("p_now")
     host: Any = bindparam("p_host")
@@ -355,7 +358,7 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
             and_(
                 a.c.PackageID == tp.c.PackageID,
                 a.c.ItemFingerprint == bindparam("p_item"),
-                a.c.ExecutionStatus.in_(ACTIVE),
+                one_of(a.c.ExecutionStatus, ACTIVE),
                 a.c.ExternalExecutionID != bindparam("p_task_key"),
             ),
         )

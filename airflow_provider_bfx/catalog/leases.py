@@ -19,7 +19,7 @@ from airflow_provider_bfx.catalog import machine
 from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.liveness import owner_known_dead, parked_owner, this_host
 from airflow_provider_bfx.catalog.results import ExpiredLease
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag, token_line
+from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag, one_of, token_line
 from airflow_provider_bfx.catalog.txn import Catalog
 
 
@@ -133,7 +133,7 @@ def active_task_columns(cat: Catalog, a: Any) -> list[Any]:
 
 def active_task(a: Any) -> Any:
     """``a`` (an ``Execution`` alias) is an active task row: the only rows whose lease counts."""
-    return and_(a.c.ExecutionStatus.in_(ACTIVE), a.c.TaskId.is_not(None))
+    return and_(one_of(a.c.ExecutionStatus, ACTIVE), a.c.TaskId.is_not(None))
 
 
 def may_have_lapsed(a: Any, now: Any, host_prefix: Any) -> Any:

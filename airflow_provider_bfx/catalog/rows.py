@@ -7,7 +7,18 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, exists, insert, or_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    case,
+    exists,
+    insert,
+    literal_column,
+    or_,
+    update,
+)
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
@@ -24,6 +35,15 @@ log = logging.getLogger("airflow_provider_bfx.catalog")
 
 ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
 TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+
+
+def one_of(column: Any, codes: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN ('D', 'E', 'R')`` with the codes written into the statement. A list of
+    constants as an expanding parameter is re-rendered into the SQL text at every execution;
+    in the facts queries, built once per store, that was a tenth of their Python (decision
+    0105). The codes are the catalog's own one-letter constants, never user input."""
+    found: ColumnElement[bool] = column.in_([literal_column(f"'{code}'", String) for code in codes])
+    return found
 
 
 class _Self:
@@ -49,7 +69,7 @@ def decides(row: Any) -> ColumnElement[bool]:
     (``CorruptRowError``) instead of passing over it and running the task again.
     """
     return and_(
-        row.c.ExecutionStatus.not_in(ACTIVE),
+        ~one_of(row.c.ExecutionStatus, ACTIVE),
         or_(row.c.LeaseOwner.is_not(None), row.c.NextLoadStatus != NextLoadStatus.PENDING.value),
     )
 
