@@ -1,8 +1,9 @@
 """Batch start and batch end: a DAG run's row. No Airflow here.
 
-A batch start runs under the DAG package's row lock: it closes the lapsed leases, reads the
-batch that decides (:mod:`.facts`), asks :func:`.machine.batch_start`, and writes the new row
-(and, when the machine says so, closes a crashed previous batch by inference).
+A batch start runs under the DAG package's row lock: it reads every fact in one SELECT
+(:func:`.facts.batch_start_read_txn`), closes the lapsed leases among the rows read, asks
+:func:`.machine.batch_start`, and writes the new row (and, when the machine says so, closes a
+crashed previous batch by inference).
 """
 
 from __future__ import annotations

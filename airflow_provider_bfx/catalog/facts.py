@@ -6,7 +6,9 @@ row of one locking SELECT that gathers every fact of a task start). Nothing here
 Round trips are budgeted: on the common path a task start is one locking SELECT that gathers
 every fact (batch row, task package, an earlier row with the same key, other active executions,
 the latest terminal execution of the lineage, and the next ExecutionID), one INSERT, and the
-COMMIT. Rare paths (first run of a DAG, stale leases, the RERUN policy) add statements.
+COMMIT; a batch start is one more SELECT (:func:`batch_start_read_txn`). Rare paths (first run
+of a DAG, stale leases, the RERUN policy) add statements. The facts queries are built once per
+store and, on PostgreSQL, prepared once per session (:func:`.pipeline.prepared`, decision 0105).
 """
 
 from __future__ import annotations
