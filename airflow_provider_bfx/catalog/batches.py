@@ -68,7 +68,6 @@ def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datet
             parent_id=None,
             retry_limit=spec.default_retry_limit,
             max_resume_age=spec.default_max_resume_age,
-            seen_missing=True,
         )
         # Locked again: a start racing this one may have registered it first.
         write(conn, lock)

@@ -31,24 +31,17 @@ def ensure_package_txn(
     parent_id: int | None,
     retry_limit: int | None = None,
     max_resume_age: int | None = None,
-    seen_missing: bool = False,
 ) -> Any:
     """The package row of (``dag_id``, ``task_id``), registered on first sight.
-
-    ``seen_missing``: an earlier statement of this transaction (a facts query) found no row,
-    so it is not read again. A start racing this one may register it in
-    between: then the INSERT violates the unique key and the transition is re-run, as when
-    two starts pass the read together.
 
     A package that has executions but no row was deleted by hand (the foreign key stops
     that unless it is switched off, as in the ``sqlite3`` shell): recreating it would start
     its history over in silence, so the row is named instead.
     """
     P, E = cat.s.Package, cat.s.Execution
-    if not seen_missing:
-        row = conn.execute(package_query(cat, dag_id, task_id)).first()
-        if row is not None:
-            return row
+    row = conn.execute(package_query(cat, dag_id, task_id)).first()
+    if row is not None:
+        return row
     task = E.c.TaskId.is_(None) if task_id is None else E.c.TaskId == task_id
     # The first such execution, as min() over an index seek (ix_execution_dag_task_run): with
     # ORDER BY ExecutionID LIMIT 1 PostgreSQL walks the primary key, which for a package seen
@@ -78,20 +71,19 @@ def ensure_package_txn(
         settings["RetryLimit"] = retry_limit
     if max_resume_age is not None:
         settings["MaxResumeAge"] = max_resume_age
-    registered = insert(P).values(
-        PackageName=keys.package_name(dag_id, task_id),
-        DagId=dag_id,
-        TaskId=task_id,
-        ParentPackageID=parent_id,
-        IsBatch=1 if task_id is None else 0,
-        IsEnabled=1,
-        CreatedAt=now,
-        UpdatedAt=now,
-        **settings,
+    conn.execute(
+        insert(P).values(
+            PackageName=keys.package_name(dag_id, task_id),
+            DagId=dag_id,
+            TaskId=task_id,
+            ParentPackageID=parent_id,
+            IsBatch=1 if task_id is None else 0,
+            IsEnabled=1,
+            CreatedAt=now,
+            UpdatedAt=now,
+            **settings,
+        )
     )
-    if conn.dialect.insert_returning:  # the row back in the same round trip
-        return conn.execute(registered.returning(*P.c)).one()
-    conn.execute(registered)
     return conn.execute(package_query(cat, dag_id, task_id)).one()
 
 

@@ -112,7 +112,7 @@ def _gather_txn(
     package_enabled = bool(f["tp_enabled"]) if package_id is not None else True
     if package_id is None:
         package_id = ensure_package_txn(
-            cat, conn, spec.batch.dag_id, spec.task_id, parent_id=f["b_package"], seen_missing=True
+            cat, conn, spec.batch.dag_id, spec.task_id, parent_id=f["b_package"]
         ).PackageID
     lineage_id = int(f["b_lineage"])
 

