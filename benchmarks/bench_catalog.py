@@ -174,7 +174,7 @@ def statement_label(sql: str) -> str:
         where = low.split(" where ", 1)
         col = where[1].split()[0].split(".")[-1] if len(where) > 1 else "?"
         return f"{verb} {table} WHERE {col}"
-    lock = " FOR UPDATE" if "for update" in low else ""
+    lock = " FOR UPDATE" if "for update" in low or "for no key update" in low else ""
     return f"{verb} {' '.join(words[1:4])}...{lock}"[:70]
 
 

@@ -56,12 +56,18 @@ class CatalogDialect:
 
 
 class PostgresDialect(CatalogDialect):
-    """PostgreSQL: ``FOR UPDATE OF`` the row; ids from the identity's sequence."""
+    """PostgreSQL: ``FOR NO KEY UPDATE OF`` the row; ids from the identity's sequence."""
 
     __dialect__ = "postgresql"
 
     def lock(self, query: Select[Any], table: Any) -> Select[Any]:
-        return query.with_for_update(of=table)
+        # NO KEY UPDATE: transitions still exclude each other (every one takes this mode),
+        # but an INSERT whose foreign key points at the locked row (a task package under the
+        # DAG package) is not blocked by it. With FOR UPDATE a batch start holding the DAG
+        # package's lock while it waits for the batch row, and a task start holding the batch
+        # row while it registers its task package under that DAG package, deadlocked when a
+        # run's first tasks started together (decision 0105).
+        return query.with_for_update(of=table, key_share=True)
 
     def next_id_column(self) -> Any:
         E = self.s.Execution

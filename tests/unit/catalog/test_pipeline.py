@@ -149,7 +149,8 @@ def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecor
     assert len(sent) == 4, sent
     assert sent[0].startswith("BEGIN;") and "EXECUTE bfx_task_facts_" in sent[0], sent[0]
     lock, read = sent[1].split(";\n", 1)
-    assert lock.startswith("SELECT bfx.package.packageid") and "FOR UPDATE" in lock, sent[1]
+    assert lock.startswith("SELECT bfx.package.packageid"), sent[1]
+    assert lock.endswith("FOR NO KEY UPDATE OF package"), sent[1]
     assert "EXECUTE bfx_batch_facts_1_" in read, sent[1]  # prepared by run-0's batch start
     assert sent[2].startswith("UPDATE bfx.execution ") and "INSERT INTO bfx.execution " in sent[2]
     assert "EXECUTE bfx_task_facts_" in sent[2].splitlines()[-1], sent[2]  # the facts, again
@@ -191,7 +192,7 @@ def test_facts_queries_are_prepared_once_per_session_with_a_generic_plan(
     first = store.start_task(TaskSpec(batch, "t0"))
     prepare = [q for q in proxy.queries if "PREPARE bfx_task_facts_" in q]
     assert len(prepare) == 1, proxy.queries  # not again after the batch start
-    assert "FOR UPDATE OF b" in prepare[0] and "$1" in prepare[0], prepare[0]
+    assert "FOR NO KEY UPDATE OF b" in prepare[0] and "$1" in prepare[0], prepare[0]
     for n in range(1, 6):
         store.end_task(store.start_task(TaskSpec(batch, f"t{n}")).execution_id, TaskOutcome.SUCCESS)
     assert not [q for q in proxy.queries[-10:] if "PREPARE" in q], proxy.queries[-10:]
