@@ -142,17 +142,29 @@ def machine_facts(pg_engine: Engine | None) -> list[tuple[str, str]]:
 def statement_label(sql: str) -> str:
     """A short, stable name for a statement the store sends."""
     s = " ".join(sql.replace('"', "").split())
-    if s.lower().startswith("begin;") and len(s) > len("begin;"):
-        # PostgreSQL (decision 0101): BEGIN and queued writes travel in front of a statement.
-        *ahead, s = [part.strip() for part in s.split(";") if part.strip()]
-        return " + ".join(["BEGIN", *(statement_label(a) for a in ahead[1:]), statement_label(s)])
+    if ";" in s.rstrip().rstrip(";") and not s.lower().startswith("prepare "):
+        # PostgreSQL (decisions 0101, 0105): BEGIN, queued writes, a PREPARE and the generic
+        # plan's SET LOCAL travel in front of a statement, in one query.
+        parts = [part.strip() for part in _split_statements(s) if part.strip()]
+        shown = [
+            "BEGIN" if p.lower() == "begin" else statement_label(p)
+            for p in parts
+            if not p.lower().startswith("set local plan_cache_mode")
+        ]
+        return " + ".join(shown)
     low = s.lower()
     if low.startswith("begin"):
         return "BEGIN IMMEDIATE"
-    if "p_nls" in low:
+    if low.startswith("prepare "):
+        return "PREPARE " + _prepared_label(s.split()[1])
+    if low.startswith("execute "):
+        return _prepared_label(s.split()[1].split("(")[0]) + " (prepared)"
+    if low.startswith("select") and "p_nls" in low:
         return "SELECT task-start facts (locks the batch row)"
-    if "t_status" in low:
+    if low.startswith("select") and "t_status" in low:
         return "SELECT task-end facts (locks the batch row)"
+    if low.startswith("select") and "prev_failed" in low:
+        return "SELECT batch-start facts"
     words = s.split()
     verb = words[0].upper()
     if verb == "INSERT":
@@ -162,8 +174,28 @@ def statement_label(sql: str) -> str:
         where = low.split(" where ", 1)
         col = where[1].split()[0].split(".")[-1] if len(where) > 1 else "?"
         return f"{verb} {table} WHERE {col}"
-    lock = " FOR UPDATE" if "for update" in low else ""
+    lock = " FOR UPDATE" if "for update" in low or "for no key update" in low else ""
     return f"{verb} {' '.join(words[1:4])}...{lock}"[:70]
+
+
+def _split_statements(s: str) -> list[str]:
+    """``;``-separated statements of one query; a PREPARE's body is one with it (it holds no
+    ``;`` of its own: the store's SQL has none in literals)."""
+    return s.split(";")
+
+
+_PREPARED = {
+    "task_facts": "SELECT task-start facts (locks the batch row)",
+    "end_facts": "SELECT task-end facts (locks the batch row)",
+    "batch_facts_1": "SELECT batch-start facts",
+    "batch_facts_0": "SELECT batch-start facts (plan)",
+}
+
+
+def _prepared_label(name: str) -> str:
+    """``bfx_<label>_<token>_<n>``, the name of a prepared facts query, as its label."""
+    label = name.removeprefix("bfx_").rsplit("_", 2)[0]
+    return _PREPARED.get(label, label)
 
 
 class Probe:
@@ -182,6 +214,12 @@ class Probe:
         event.listen(engine, "after_cursor_execute", self._after)
         event.listen(engine, "begin", self._begin)
         event.listen(engine, "commit", self._commit)
+        # First of the commit listeners: on PostgreSQL the folding engine's (decision 0101)
+        # sends the queued writes with COMMIT there, before the dialect's do_commit.
+        event.listen(engine, "commit", self._commit_starts)
+        with suppress(AttributeError, IndexError):  # insert=True is not honoured here
+            listeners = engine.dispatch.commit.listeners  # type: ignore[attr-defined]
+            listeners.appendleft(listeners.pop())
         dialect = engine.dialect
         orig_ping, orig_commit = dialect.do_ping, dialect.do_commit
 
@@ -231,6 +269,9 @@ class Probe:
 
     def _commit(self, conn: Any) -> None:
         self.commits += 1
+
+    def _commit_starts(self, conn: Any) -> None:
+        self.marks.append(("commit", "COMMIT", time.perf_counter()))
 
 
 PYTHON_BEFORE_FIRST = "Python: build #1 (construct, cache key, bind)"
@@ -790,16 +831,28 @@ def explain_facts(engine: Engine, probe: Probe) -> dict[str, tuple[float, float]
     ):
         # With decision 0101's folding the label reads "BEGIN + SELECT ...", the text
         # "BEGIN;\n<SELECT with its values bound>".
-        found = [k for k in probe.last_sql if k == key or k.endswith(" + " + key)]
+        found = [
+            k
+            for k in probe.last_sql
+            if k.removesuffix(" (prepared)") == key
+            or k.endswith(" + " + key)
+            or k.endswith(" + " + key + " (prepared)")
+        ]
         if not found:
             continue
         sql, params = probe.last_sql[found[0]]
-        if sql.lstrip().upper().startswith("BEGIN;"):
-            sql = sql.lstrip()[len("BEGIN;") :].lstrip()
+        # Decision 0105: "BEGIN;\nSET LOCAL plan_cache_mode ...;\nEXECUTE name(...)", run
+        # again by name on the store's own (pooled) session, generic plan and all.
+        *ahead, sql = [p.strip() for p in sql.split(";\n") if p.strip()]
+        generic = [p for p in ahead if p.upper().startswith("SET LOCAL")]
+        if sql.upper().startswith("EXECUTE"):
+            name += " (prepared, generic plan)"
         runs = []
         with engine.connect() as conn:
             for _ in range(5):
                 trans = conn.begin()
+                for setting in generic:
+                    conn.exec_driver_sql(setting)
                 plan = conn.exec_driver_sql("EXPLAIN (ANALYZE) " + sql, params).scalars().all()
                 trans.rollback()
                 found = {}
@@ -1279,7 +1332,8 @@ def main(argv: list[str] | None = None) -> int:
         misses += report_ratio(rep, results)
         rep()
         rep("Where the time goes (per call, timed with the cursor events; on PostgreSQL the #1")
-        rep("statement includes psycopg2's implicit BEGIN round trip)")
+        rep("statement carries BEGIN, and COMMIT the queued writes: the second round trip;")
+        rep("the #2 INSERT/UPDATE there is only recorded, decision 0101)")
         rep("-------------------------------------------------------------------------------")
         report_breakdown(rep, results)
         rep("Diagnostics")

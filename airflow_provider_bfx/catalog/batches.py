@@ -1,12 +1,14 @@
 """Batch start and batch end: a DAG run's row. No Airflow here.
 
-A batch start runs under the DAG package's row lock: it closes the lapsed leases, reads the
-batch that decides (:mod:`.facts`), asks :func:`.machine.batch_start`, and writes the new row
-(and, when the machine says so, closes a crashed previous batch by inference).
+A batch start runs under the DAG package's row lock: it reads every fact in one SELECT
+(:func:`.facts.batch_start_read_txn`), closes the lapsed leases among the rows read, asks
+:func:`.machine.batch_start`, and writes the new row (and, when the machine says so, closes a
+crashed previous batch by inference).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection, func, select, update
@@ -18,8 +20,8 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
-from airflow_provider_bfx.catalog.facts import parent_execution_txn, previous_batch_txn
-from airflow_provider_bfx.catalog.leases import expire_txn
+from airflow_provider_bfx.catalog.facts import batch_start_read_txn
+from airflow_provider_bfx.catalog.leases import abort_lapsed_txn
 from airflow_provider_bfx.catalog.packages import ensure_package_txn
 from airflow_provider_bfx.catalog.pipeline import write
 from airflow_provider_bfx.catalog.results import BatchEnded, BatchSpec
@@ -46,28 +48,45 @@ def start_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec) -> tuple[in
 
 def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datetime) -> list[str]:
     """Create the batch row for a DAG run seen for the first time (under the DAG package's
-    row lock, so two first tasks of one run, or two runs of one DAG, decide one at a time)."""
-    E, P = cat.s.Execution, cat.s.Package
-    pkg = ensure_package_txn(
-        cat,
-        conn,
-        spec.dag_id,
-        None,
-        parent_id=None,
-        retry_limit=spec.default_retry_limit,
-        max_resume_age=spec.default_max_resume_age,
+    row lock, so two first tasks of one run, or two runs of one DAG, decide one at a time).
+
+    On PostgreSQL this is one round trip on the common path (decision 0105): the lock travels
+    in front of the one facts SELECT (:func:`.facts.batch_start_read_txn`), and the writes
+    (a reconciled batch, the new row) travel with the caller's next statement."""
+    P = cat.s.Package
+    lock = cat.impl.lock(
+        select(P.c.PackageID).where(P.c.DagId == spec.dag_id, P.c.TaskId.is_(None)), P
     )
-    conn.execute(cat.impl.lock(select(P.c.PackageID).where(P.c.PackageID == pkg.PackageID), P))
-    if conn.execute(
-        select(E.c.ExecutionID).where(E.c.ExternalExecutionID == spec.external_id)
-    ).first():
+    write(conn, lock)  # its rows are not read: it only has to be taken before the read
+    read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
+    if read.package is None:  # a DAG seen for the first time
+        ensure_package_txn(
+            cat,
+            conn,
+            spec.dag_id,
+            None,
+            parent_id=None,
+            retry_limit=spec.default_retry_limit,
+            max_resume_age=spec.default_max_resume_age,
+        )
+        # Locked again: a start racing this one may have registered it first.
+        write(conn, lock)
+        read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
+    pkg = read.package
+    assert pkg is not None
+    if read.batch_exists:
         return []  # another task of this run created it while we waited for the lock
 
     # DESIGN.md §5: an expiry scan at every batch start, so that a task that crashed with
     # its lease lapsed counts as aborted when the batch it left open is reconciled.
-    lines = [e.log_line for e in expire_txn(cat, conn, now)]
-    parent = parent_execution_txn(cat, conn, spec)
-    previous = previous_batch_txn(cat, conn, pkg.PackageID, now, parent=parent)
+    expired = abort_lapsed_txn(cat, conn, read.active, now)
+    lines = [lease.log_line for _, lease in expired]
+    parent = read.parent
+    previous = read.previous
+    if previous is not None and any(
+        row.batch_execution_id == previous.execution_id for row, _ in expired
+    ):
+        previous = replace(previous, has_failed_task=True)  # one of its tasks is A now
     facts = machine.BatchStartFacts(
         now=now,
         package_enabled=bool(pkg.IsEnabled),
@@ -98,14 +117,14 @@ def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datet
     new_id = insert_execution_txn(
         cat,
         conn,
-        cat.impl.peek_next_id(conn),
+        read.next_id,
         dict(
             ParentExecutionID=spec.parent_execution_id,
             OriginalExecutionID=prev.original_execution_id if resume and prev else SELF,
             LineageID=prev.original_execution_id if resume and prev else SELF,
             AuditID=SELF,
             ExternalExecutionID=spec.external_id,
-            PackageID=pkg.PackageID,
+            PackageID=pkg.pkg_id,
             ExecutionStatus=start.status.value,
             NextLoadStatus=start.next_load_status.value,
             AttemptNumber=prev.attempt_number + 1 if resume and prev else 1,

@@ -6,7 +6,7 @@ each engine's subclass overrides what its engine does differently and names the 
 the catalog asks the dialect object instead of branching on the engine's name:
 
 * ``lock``: how a transition's first read locks the row it serialises on;
-* ``next_id_column`` / ``peek_next_id``: how a new ``ExecutionID`` is known before its INSERT;
+* ``next_id_column``: how a new ``ExecutionID`` is known before its INSERT;
 * ``diagnose``: what a failed call means (unavailable, transient, misconfigured, other), read
   from the driver's error code by :mod:`.errors` (decision 0090).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Select, func, literal, select
+from sqlalchemy import Engine, Select, func, literal, select
 
 from airflow_provider_bfx.catalog.errors import Diagnosis, diagnose
 from airflow_provider_bfx.catalog.schema import CatalogSchema
@@ -50,23 +50,24 @@ class CatalogDialect:
         Default: not known before the INSERT (NULL): an identity value, then an UPDATE."""
         return literal(None).label("next_id")
 
-    def peek_next_id(self, conn: Connection) -> int | None:
-        """The next ExecutionID on its own (a batch start), or None when it is known only
-        after the INSERT."""
-        return int(conn.execute(select(self.next_id_column())).scalar_one())
-
     def diagnose(self, exc: BaseException, engine: Engine | None = None) -> Diagnosis:
         """What a failed catalog call means, by the driver's error code (:mod:`.errors`)."""
         return diagnose(exc, engine)
 
 
 class PostgresDialect(CatalogDialect):
-    """PostgreSQL: ``FOR UPDATE OF`` the row; ids from the identity's sequence."""
+    """PostgreSQL: ``FOR NO KEY UPDATE OF`` the row; ids from the identity's sequence."""
 
     __dialect__ = "postgresql"
 
     def lock(self, query: Select[Any], table: Any) -> Select[Any]:
-        return query.with_for_update(of=table)
+        # NO KEY UPDATE: transitions still exclude each other (every one takes this mode),
+        # but an INSERT whose foreign key points at the locked row (a task package under the
+        # DAG package) is not blocked by it. With FOR UPDATE a batch start holding the DAG
+        # package's lock while it waits for the batch row, and a task start holding the batch
+        # row while it registers its task package under that DAG package, deadlocked when a
+        # run's first tasks started together (decision 0105).
+        return query.with_for_update(of=table, key_share=True)
 
     def next_id_column(self) -> Any:
         E = self.s.Execution
@@ -81,9 +82,6 @@ class MssqlDialect(CatalogDialect):
 
     def lock(self, query: Select[Any], table: Any) -> Select[Any]:
         return query.with_hint(table, "WITH (UPDLOCK, ROWLOCK)", "mssql")
-
-    def peek_next_id(self, conn: Connection) -> int | None:
-        return None
 
 
 class SqliteDialect(CatalogDialect):

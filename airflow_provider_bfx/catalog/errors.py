@@ -253,6 +253,11 @@ _PG_TRANSIENT = frozenset(
         "40P01",  # deadlock_detected
         "55P03",  # lock_not_available
         "57014",  # query_canceled (statement_timeout)
+        # A prepared facts query the session no longer knows (a pooler's DISCARD ALL), or a
+        # name another client took on a pooled server session: the pipeline forgets or
+        # renames its statements, and the re-run prepares them again (decision 0105).
+        "26000",  # invalid_sql_statement_name
+        "42P05",  # duplicate_prepared_statement
     }
 )
 _PG_MISCONFIGURED = {

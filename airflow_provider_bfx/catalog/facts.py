@@ -6,7 +6,9 @@ row of one locking SELECT that gathers every fact of a task start). Nothing here
 Round trips are budgeted: on the common path a task start is one locking SELECT that gathers
 every fact (batch row, task package, an earlier row with the same key, other active executions,
 the latest terminal execution of the lineage, and the next ExecutionID), one INSERT, and the
-COMMIT. Rare paths (first run of a DAG, stale leases, the RERUN policy) add statements.
+COMMIT; a batch start is one more SELECT (:func:`batch_start_read_txn`). Rare paths (first run
+of a DAG, stale leases, the RERUN policy) add statements. The facts queries are built once per
+store and, on PostgreSQL, prepared once per session (:func:`.pipeline.prepared`, decision 0105).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, exists, func, or_, select
+from sqlalchemy import Connection, Select, and_, bindparam, exists, func, null, or_, select
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
@@ -24,9 +26,16 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
-from airflow_provider_bfx.catalog.liveness import PARKED_PREFIX, lease_live
+from airflow_provider_bfx.catalog.leases import (
+    ActiveTask,
+    active_task,
+    active_task_columns,
+    may_have_lapsed,
+)
+from airflow_provider_bfx.catalog.liveness import lease_live, this_host
+from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag
+from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag, one_of
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.exceptions import CatalogStateError
 
@@ -46,7 +55,7 @@ class Parent:
 # -- batch start: the batch that decides, and what became of it ---------------------------------
 
 
-def deciding_batch_query(cat: Catalog, package_id: int) -> Select[Any]:
+def deciding_batch_query(cat: Catalog, package_id: Any) -> Select[Any]:
     """The batch execution of a DAG package that decides its next run (the one home of this
     rule: batch start, ``bfx plan`` and ``bfx reset`` all use it). A run skipped because the
     DAG was disabled decides nothing: the batch before it does."""
@@ -59,122 +68,202 @@ def deciding_batch_query(cat: Catalog, package_id: int) -> Select[Any]:
     )
 
 
-def parent_execution_txn(cat: Catalog, conn: Connection, spec: BatchSpec) -> Parent | None:
-    """The task execution that triggered this DAG run (``spec.parent_execution_id``), or
-    None for a top-level batch. An id that names no task execution of this catalog is an
-    error, never a silent top-level start (docs/decisions/0070)."""
+@dataclass(frozen=True)
+class BatchStartRead:
+    """What a batch start decides from, read in one statement (:func:`batch_start_read_txn`)."""
+
+    package: Any | None  # the DAG package row (PackageID, IsEnabled, RetryLimit, MaxResumeAge)
+    batch_exists: bool  # the run's batch row is there already (another task created it)
+    parent: Parent | None
+    previous: machine.PreviousBatch | None
+    active: tuple[ActiveTask, ...]  # active task rows the expiry scan or the liveness reads
+    next_id: int | None  # the new batch row's ExecutionID, when known before the INSERT
+
+
+def batch_start_read_txn(
+    cat: Catalog, conn: Connection, dag_id: str, now: datetime, *, spec: BatchSpec | None = None
+) -> BatchStartRead:
+    """Every fact of a batch start in one SELECT: the DAG package, whether the run's batch
+    row exists, the triggering task execution (``spec.parent_execution_id``), the batch that
+    decides and what became of it, the active task rows that the expiry scan closes or whose
+    leases make the previous batch live, and the next ExecutionID.
+
+    ``spec`` None reads for ``bfx plan``: no run, no parent, and no id taken from a sequence.
+    The caller takes the DAG package's row lock *before* this statement (PostgreSQL reads a
+    statement's other rows as of before its own lock wait). An id in
+    ``spec.parent_execution_id`` that names no task execution of this catalog is an error,
+    never a silent top-level start (docs/decisions/0070)."""
+    params = {
+        "p_dag": dag_id,
+        "p_now": now,
+        "p_host": f"{this_host()}:",
+        "p_batch_key": None if spec is None else spec.external_id,
+        "p_parent": None if spec is None else spec.parent_execution_id,
+    }
+    rows = conn.execute(batch_start_facts_query(cat, with_next_id=spec is not None), params).all()
+    if not rows:
+        return BatchStartRead(None, False, None, None, (), None)
+    f = rows[0]
+    parent = None if spec is None else _parent(cat, spec, f)
+    active = tuple(ActiveTask.of_row(r) for r in rows if r.a_id is not None)
+    previous = None
+    if f.prev_id is not None:
+        where = cat.where(f.prev_id)
+        previous = machine.PreviousBatch(
+            execution_id=f.prev_id,
+            status=parse_status(f.prev_status, row=where),
+            next_load_status=parse_next_load_status(f.prev_nls, row=where),
+            original_execution_id=f.prev_original or f.prev_id,
+            attempt_number=f.prev_attempt,
+            lineage_started_at=f.prev_started or f.prev_start,
+            logical_date=f.prev_logical_date,
+            # Live anywhere in the lineage: a try of an earlier attempt may still be running.
+            has_live_task=any(
+                lease_live(r.lease_owner, r.lease_expires_at, now)
+                for r in active
+                if r.lineage_id == f.prev_lineage
+            ),
+            has_failed_task=bool(f.prev_failed),
+            parent_lineage=None if f.prev_parent_lineage is None else int(f.prev_parent_lineage),
+        )
+    return BatchStartRead(
+        package=f if f.pkg_id is not None else None,
+        batch_exists=f.x_id is not None,
+        parent=parent,
+        previous=previous,
+        active=active,
+        next_id=None if f.next_id is None else int(f.next_id),
+    )
+
+
+def _parent(cat: Catalog, spec: BatchSpec, f: Any) -> Parent | None:
+    """The task execution that triggered this DAG run, from the batch-start row."""
     if spec.parent_execution_id is None:
         return None
-    E = cat.s.Execution
-    row = conn.execute(
-        select(
-            E.c.ExecutionID,
-            E.c.OriginalExecutionID,
-            E.c.LineageID,
-            E.c.PackageID,
-            E.c.ItemFingerprint,
-            E.c.DagId,
-            E.c.TaskId,
-        ).where(E.c.ExecutionID == spec.parent_execution_id)
-    ).first()
-    where = f"{cat.s.qualified(E)} row ExecutionID={spec.parent_execution_id}"
+    where = cat.where(spec.parent_execution_id)
     fix = (
         " Trigger the run from a routed task, or remove bfx.parent_execution_id from the"
         " run's conf to start it as a top-level batch."
     )
-    if row is None:
+    if f.par_id is None:
         raise CatalogStateError(
             f"DAG run {spec.dag_id}/{spec.run_id}: its conf names parent_execution_id="
             f"{spec.parent_execution_id}, but {where} does not exist in this catalog." + fix
         )
-    if row.TaskId is None:
+    if f.par_task is None:
         raise CatalogStateError(
             f"DAG run {spec.dag_id}/{spec.run_id}: its conf names parent_execution_id="
             f"{spec.parent_execution_id}, but {where} is a batch execution (a DAG run of"
-            f" {row.DagId!r}), not the task execution that triggered this run." + fix
+            f" {f.par_dag!r}), not the task execution that triggered this run." + fix
         )
     return Parent(
         machine.ParentExecution(
-            execution_id=int(row.ExecutionID),
-            lineage=int(row.OriginalExecutionID or row.ExecutionID),
+            execution_id=int(f.par_id),
+            lineage=int(f.par_original or f.par_id),
         ),
-        dag_id=row.DagId,
-        task_id=row.TaskId,
-        lineage_id=row.LineageID,
-        package_id=row.PackageID,
-        item_fingerprint=row.ItemFingerprint,
+        dag_id=f.par_dag,
+        task_id=f.par_task,
+        lineage_id=f.par_lineage,
+        package_id=f.par_package,
+        item_fingerprint=f.par_item,
     )
 
 
-def previous_batch_txn(
-    cat: Catalog, conn: Connection, package_id: int, now: datetime, *, parent: Parent | None = None
-) -> machine.PreviousBatch | None:
-    E = cat.s.Execution
-    latest = deciding_batch_query(cat, package_id)
-    row = None
-    if parent is not None:
-        # A nested batch: the latest batch of this DAG triggered from the same lineage of
-        # the same parent task (its tries and resumed attempts), so that another trigger
-        # of the same DAG (another task, another item) in between does not hide it. None:
-        # the latest batch of the DAG, which the machine then starts fresh from.
-        trig = E.alias("trig")
-        triggers = select(trig.c.ExecutionID).where(
-            trig.c.LineageID == parent.lineage_id,
-            trig.c.PackageID == parent.package_id,
-            trig.c.ItemFingerprint == parent.item_fingerprint,
-        )
-        row = conn.execute(latest.where(E.c.ParentExecutionID.in_(triggers))).first()
-    if row is None:
-        row = conn.execute(latest).first()
-    if row is None:
-        return None
-    child = E.alias("child")
-    # Live anywhere in the lineage: a try of an earlier attempt may still be running. The
-    # owners are read (few rows are active) so that one known dead does not count.
-    live_owners = conn.execute(
-        select(child.c.LeaseOwner, child.c.LeaseExpiresAt).where(
-            child.c.LineageID == row.LineageID,
-            child.c.TaskId.is_not(None),
-            child.c.ExecutionStatus.in_(ACTIVE),
-            or_(child.c.LeaseExpiresAt > now, child.c.LeaseOwner.startswith(PARKED_PREFIX)),
-        )
-    ).all()
-    has_live = any(lease_live(owner, expires, now) for owner, expires in live_owners)
+def batch_start_facts_query(cat: Catalog, *, with_next_id: bool) -> Select[Any]:
+    """The batch-start facts query, built once per store. Parameters: ``p_dag``, ``p_now``,
+    ``p_host``, ``p_batch_key``, ``p_parent``. One row per active task row it reads (the
+    other columns repeat), one row when there is none, no row without a DAG package."""
+    name = f"batch_facts_{int(with_next_id)}"
+    return cat.memo(name, lambda: prepared(_build_batch_start_facts(cat, with_next_id), name))
+
+
+def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
+    E, P = cat.s.Execution, cat.s.Package
+    p, par, prev = P.alias("p"), E.alias("par"), E.alias("prev")
+    origin, trigger, a = E.alias("origin"), E.alias("trigger"), E.alias("a")
+    x, child, trig = E.alias("x"), E.alias("child"), E.alias("trig")
+    latest = deciding_batch_query(cat, p.c.PackageID)
+    # A nested batch: the latest batch of this DAG triggered from the same lineage of the
+    # same parent task (its tries and resumed attempts), so that another trigger of the same
+    # DAG (another task, another item) in between does not hide it. None: the latest batch
+    # of the DAG, which the machine then starts fresh from.
+    nested = latest.where(
+        par.c.ExecutionID.is_not(None),  # a top-level batch reads nothing here
+        E.c.ParentExecutionID.in_(
+            select(trig.c.ExecutionID)
+            .where(
+                trig.c.LineageID == par.c.LineageID,
+                trig.c.PackageID == par.c.PackageID,
+                trig.c.ItemFingerprint == par.c.ItemFingerprint,
+            )
+            # Named: auto-correlation does not reach two levels up (without it, `par` would be
+            # a FROM of its own here and the IN list every triggered batch).
+            .correlate(par)
+        ),
+    )
+    prev_id = func.coalesce(
+        nested.with_only_columns(E.c.ExecutionID).scalar_subquery(),
+        latest.with_only_columns(E.c.ExecutionID).scalar_subquery(),
+    )
     failed = exists().where(
-        child.c.ParentExecutionID == row.ExecutionID,
-        child.c.ExecutionStatus.in_(["F", "A"]),
+        child.c.ParentExecutionID == prev.c.ExecutionID,
+        one_of(
+            child.c.ExecutionStatus,
+            [ExecutionStatus.FAILED.value, ExecutionStatus.ABORTED.value],
+        ),
     )
-    origin = E.alias("origin")
-    started = (
-        select(origin.c.StartTime)
-        .where(origin.c.ExecutionID == row.OriginalExecutionID)
+    now: Any = bindparam("p_now")
+    host: Any = bindparam("p_host")
+    # The expiry scan's rows, and every active task row of the previous batch's lineage
+    # (few rows are active): whether one is live is decided in Python (lease_live).
+    watched = and_(
+        active_task(a), or_(may_have_lapsed(a, now, host), a.c.LineageID == prev.c.LineageID)
+    )
+    cols = [
+        p.c.PackageID.label("pkg_id"),
+        p.c.IsEnabled,
+        p.c.RetryLimit,
+        p.c.MaxResumeAge,
+        select(x.c.ExecutionID)
+        .where(x.c.ExternalExecutionID == bindparam("p_batch_key"))
         .scalar_subquery()
+        .label("x_id"),
+        par.c.ExecutionID.label("par_id"),
+        par.c.OriginalExecutionID.label("par_original"),
+        par.c.LineageID.label("par_lineage"),
+        par.c.PackageID.label("par_package"),
+        par.c.ItemFingerprint.label("par_item"),
+        par.c.DagId.label("par_dag"),
+        par.c.TaskId.label("par_task"),
+        prev.c.ExecutionID.label("prev_id"),
+        prev.c.ExecutionStatus.label("prev_status"),
+        prev.c.NextLoadStatus.label("prev_nls"),
+        prev.c.OriginalExecutionID.label("prev_original"),
+        prev.c.LineageID.label("prev_lineage"),
+        prev.c.AttemptNumber.label("prev_attempt"),
+        prev.c.StartTime.label("prev_start"),
+        prev.c.LogicalDate.label("prev_logical_date"),
+        origin.c.StartTime.label("prev_started"),
+        func.coalesce(trigger.c.OriginalExecutionID, trigger.c.ExecutionID).label(
+            "prev_parent_lineage"
+        ),
+        flag(failed).label("prev_failed"),
+        *active_task_columns(cat, a),
+        # One id per statement, not one per row: an uncorrelated scalar subquery runs once
+        # (PostgreSQL: an InitPlan), where nextval() in the select list would run per row.
+        select(cat.impl.next_id_column()).scalar_subquery().label("next_id")
+        if with_next_id
+        else null().label("next_id"),
+    ]
+    frm = (
+        p.outerjoin(par, par.c.ExecutionID == bindparam("p_parent"))
+        .outerjoin(prev, prev.c.ExecutionID == prev_id)
+        .outerjoin(origin, origin.c.ExecutionID == prev.c.OriginalExecutionID)
+        .outerjoin(trigger, trigger.c.ExecutionID == prev.c.ParentExecutionID)
+        .outerjoin(a, watched)
     )
-    trigger = E.alias("trigger")
-    parent_lineage = (
-        select(func.coalesce(trigger.c.OriginalExecutionID, trigger.c.ExecutionID))
-        .where(trigger.c.ExecutionID == row.ParentExecutionID)
-        .scalar_subquery()
-    )
-    has_failed, lineage_started, triggered_from = conn.execute(
-        select(
-            flag(failed).label("failed"),
-            started.label("started"),
-            parent_lineage.label("parent_lineage"),
-        )
-    ).one()
-    where = f"{cat.s.qualified(E)} row ExecutionID={row.ExecutionID}"
-    return machine.PreviousBatch(
-        execution_id=row.ExecutionID,
-        status=parse_status(row.ExecutionStatus, row=where),
-        next_load_status=parse_next_load_status(row.NextLoadStatus, row=where),
-        original_execution_id=row.OriginalExecutionID or row.ExecutionID,
-        attempt_number=row.AttemptNumber,
-        lineage_started_at=lineage_started or row.StartTime,
-        logical_date=row.LogicalDate,
-        has_live_task=bool(has_live),
-        has_failed_task=bool(has_failed),
-        parent_lineage=None if triggered_from is None else int(triggered_from),
+    return (
+        select(*cols).select_from(frm).where(p.c.DagId == bindparam("p_dag"), p.c.TaskId.is_(None))
     )
 
 
@@ -185,7 +274,7 @@ def task_facts_query(cat: Catalog) -> Select[Any]:
     """The task-start facts query, built once per store: constructing it costs milliseconds
     of Python (seven aliases, ~170 columns), more than the statement itself takes to run.
     Parameters: ``p_item``, ``p_dag``, ``p_task``, ``p_task_key``, ``p_batch_key``."""
-    return cat.memo("task_facts", lambda: _build_task_facts(cat))
+    return cat.memo("task_facts", lambda: prepared(_build_task_facts(cat), "task_facts"))
 
 
 def _build_task_facts(cat: Catalog) -> Select[Any]:
@@ -271,7 +360,7 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
             and_(
                 a.c.PackageID == tp.c.PackageID,
                 a.c.ItemFingerprint == bindparam("p_item"),
-                a.c.ExecutionStatus.in_(ACTIVE),
+                one_of(a.c.ExecutionStatus, ACTIVE),
                 a.c.ExternalExecutionID != bindparam("p_task_key"),
             ),
         )
@@ -297,7 +386,7 @@ def task_facts_params(spec: TaskSpec) -> dict[str, Any]:
 
 def task_end_facts_query(cat: Catalog) -> Select[Any]:
     """The task-end facts query (built once per store; parameter ``p_execution_id``)."""
-    return cat.memo("task_end_facts", lambda: _build_task_end_facts(cat))
+    return cat.memo("task_end_facts", lambda: prepared(_build_task_end_facts(cat), "end_facts"))
 
 
 def _build_task_end_facts(cat: Catalog) -> Select[Any]:

@@ -28,7 +28,7 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
-from airflow_provider_bfx.catalog.facts import deciding_batch_query, previous_batch_txn
+from airflow_provider_bfx.catalog.facts import batch_start_read_txn, deciding_batch_query
 from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import ResumeScope, Run
 from airflow_provider_bfx.catalog.packages import package_query
@@ -118,7 +118,7 @@ def plan(
                 for t in sorted(task_ids)
             )
             return never
-        previous = previous_batch_txn(store, conn, pkg.PackageID, now)
+        previous = batch_start_read_txn(store, conn, dag_id, now).previous
         decision = machine.batch_start(
             machine.BatchStartFacts(
                 now=now,

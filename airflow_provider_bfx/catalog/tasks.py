@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn, create_batch_txn
@@ -400,28 +400,46 @@ def end_task_txn(
     # The writes of a task end read nothing back: they travel with the COMMIT (0101).
     write(
         conn,
-        update(E)
-        .where(E.c.ExecutionID == execution_id)
-        .values(
-            ExecutionStatus=end.status.value,
-            NextLoadStatus=end.next_load_status.value,
-            EndTime=now,
-            LeaseExpiresAt=None,
-            UpdatedAt=now,
-        ),
+        _end_update(cat),
+        {
+            "p_execution_id": execution_id,
+            "p_status": end.status.value,
+            "p_nls": end.next_load_status.value,
+            "p_now": now,
+        },
     )
     if end.record_error:
-        Err = cat.s.ExecutionError
         write(
             conn,
-            insert(Err).values(
-                ExecutionID=execution_id,
-                ErrorType=(error_type or "")[:255] or None,
-                ErrorMessage=error_message,
-                ErrorDetail=error_detail,
-                CreatedAt=now,
-            ),
+            cat.memo("insert_error", lambda: insert(cat.s.ExecutionError).inline()),
+            {
+                "ExecutionID": execution_id,
+                "ErrorType": (error_type or "")[:255] or None,
+                "ErrorMessage": error_message,
+                "ErrorDetail": error_detail,
+                "CreatedAt": now,
+            },
         )
     if end.fail_batch:
         apply_batch_end_txn(cat, conn, int(row.b_id), int(row.b_lineage), False, now, close=False)
     return TaskEnded(execution_id, end.status, end.next_load_status, True, end.fail_batch)
+
+
+def _end_update(cat: Catalog) -> Any:
+    """A task end's UPDATE of its row, built once per store (as the facts queries are)."""
+
+    def build() -> Any:
+        E = cat.s.Execution
+        return (
+            update(E)
+            .where(E.c.ExecutionID == bindparam("p_execution_id"))
+            .values(
+                ExecutionStatus=bindparam("p_status"),
+                NextLoadStatus=bindparam("p_nls"),
+                EndTime=bindparam("p_now"),
+                LeaseExpiresAt=None,
+                UpdatedAt=bindparam("p_now"),
+            )
+        )
+
+    return cat.memo("task_end_update", build)

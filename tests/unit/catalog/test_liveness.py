@@ -150,6 +150,25 @@ def test_a_parked_try_outlives_its_dead_process_and_any_clock(
         store.engine.dispose()
 
 
+def test_an_ended_parked_try_holds_nothing_at_the_next_batch_start(
+    store: CatalogStore,
+) -> None:
+    """A try that was parked and then ended keeps ``LeaseOwner = 'airflow:<state>'``: only an
+    *active* row's lease counts, so the crashed run it belonged to is reconciled and resumed
+    (not taken for an overlapping run)."""
+    r1 = BatchSpec("dag", "r1")
+    wait = store.start_task(TaskSpec(r1, "wait", lease_owner="h:1", lease_seconds=60))
+    assert store.park(wait.execution_id, "h:1", "deferred")
+    store.end_task(wait.execution_id, TaskOutcome.FAILED_TRY)
+    assert task_rows(store, "dag", "r1")["wait"].LeaseOwner == "airflow:deferred"
+    # r1 never ended: its batch is still open.
+    again = store.start_task(TaskSpec(BatchSpec("dag", "r2"), "wait"))
+    assert again.status is ExecutionStatus.RETRYING
+    assert again.lineage_id == wait.lineage_id  # resumed, not a fresh lineage
+    batches = [r for r in store.executions("dag") if r.TaskId is None]
+    assert [(b.ExecutionStatus, b.NextLoadStatus) for b in batches] == [("F", "R"), ("R", "C")]
+
+
 def test_park_changes_only_a_row_still_held_by_that_owner(store: CatalogStore) -> None:
     batch = BatchSpec("dag", "r1")
     started = store.start_task(TaskSpec(batch, "wait", lease_owner="h:1", lease_seconds=60))

@@ -111,9 +111,11 @@ def test_task_start_and_task_end_are_two_round_trips_each(
     store.end_task(started.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
     end_sent = list(proxy.queries)
 
-    for sent in (start_sent, end_sent):
+    # The facts queries were prepared by run-0's start and end: now executed by name.
+    for sent, facts in ((start_sent, "task_facts"), (end_sent, "end_facts")):
         assert len(sent) == 2, sent
-        assert sent[0].startswith("BEGIN;") and "FOR UPDATE" in sent[0], sent
+        assert sent[0].startswith("BEGIN;") and f"\nEXECUTE bfx_{facts}_" in sent[0], sent
+        assert "PREPARE" not in sent[0], sent
         assert sent[1].rstrip().endswith("COMMIT"), sent
     assert "INSERT INTO bfx.execution " in start_sent[1]
     assert (
@@ -127,6 +129,103 @@ def test_task_start_and_task_end_are_two_round_trips_each(
         "F",
         "R",
     )
+
+
+def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecorder]) -> None:
+    """The first task of a new run (decision 0105): the task facts (no batch yet), the DAG
+    package's lock with the one batch-start facts SELECT, the batch INSERT with the task
+    facts, the task INSERT with the COMMIT. Reconciling a crashed previous batch (its writes
+    are queued too) costs nothing more."""
+    store, proxy = wired
+    first = BatchSpec("pipe_dag", "run-0")  # registers the packages (a first sight's extra reads)
+    crashed = store.start_task(TaskSpec(first, "load"))
+    store.end_task(crashed.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+    # run-0 never ends: the next batch start closes it by inference (F/R).
+
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "load"))
+    sent = list(proxy.queries)
+
+    assert len(sent) == 4, sent
+    assert sent[0].startswith("BEGIN;") and "EXECUTE bfx_task_facts_" in sent[0], sent[0]
+    lock, read = sent[1].split(";\n", 1)
+    assert lock.startswith("SELECT bfx.package.packageid"), sent[1]
+    assert lock.endswith("FOR NO KEY UPDATE OF package"), sent[1]
+    assert "EXECUTE bfx_batch_facts_1_" in read, sent[1]  # prepared by run-0's batch start
+    assert sent[2].startswith("UPDATE bfx.execution ") and "INSERT INTO bfx.execution " in sent[2]
+    assert "EXECUTE bfx_task_facts_" in sent[2].splitlines()[-1], sent[2]  # the facts, again
+    assert "INSERT INTO bfx.execution " in sent[3] and sent[3].rstrip().endswith("COMMIT")
+
+    rows = {r.ExecutionID: r for r in store.executions("pipe_dag")}
+    old = rows[crashed.batch_execution_id]
+    assert (old.ExecutionStatus, old.NextLoadStatus, old.EndTime is not None) == ("F", "R", True)
+    new = rows[started.batch_execution_id]
+    assert (new.ExecutionStatus, new.AttemptNumber) == ("R", 2)
+    assert new.OriginalExecutionID == crashed.batch_execution_id
+    row = rows[started.execution_id]
+    assert (row.ExecutionStatus, row.ParentExecutionID) == ("R", started.batch_execution_id)
+
+
+def test_a_batch_start_takes_one_id_however_many_rows_it_reads(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """The batch-start facts query returns a row per active task it reads (here three of an
+    overlapping run); the sequence still gives it one ExecutionID, the new batch row's."""
+    store, _ = wired
+    r0 = BatchSpec("pipe_dag", "run-0")
+    running = [store.start_task(TaskSpec(r0, f"t{n}", lease_seconds=600)) for n in range(3)]
+    last = max(t.execution_id for t in running)
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "t0"))
+    assert started.batch_execution_id == last + 1
+    assert started.execution_id == last + 2
+
+
+def test_facts_queries_are_prepared_once_per_session_with_a_generic_plan(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """Decision 0105: the first task start of a session prepares the facts query in front of
+    its first EXECUTE (no round trip of its own); later ones execute it by name, and the server
+    plans it once (a generic plan), not at every call."""
+    store, proxy = wired
+    batch = BatchSpec("pipe_dag", "run-0")
+    proxy.queries.clear()
+    first = store.start_task(TaskSpec(batch, "t0"))
+    prepare = [q for q in proxy.queries if "PREPARE bfx_task_facts_" in q]
+    assert len(prepare) == 1, proxy.queries  # not again after the batch start
+    assert "FOR NO KEY UPDATE OF b" in prepare[0] and "$1" in prepare[0], prepare[0]
+    for n in range(1, 6):
+        store.end_task(store.start_task(TaskSpec(batch, f"t{n}")).execution_id, TaskOutcome.SUCCESS)
+    assert not [q for q in proxy.queries[-10:] if "PREPARE" in q], proxy.queries[-10:]
+    with store.engine.connect() as conn:  # the pool's one connection: the same session
+        plans = conn.execute(
+            text(
+                "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE name LIKE 'bfx_task_facts_%'"
+            )
+        ).all()
+    assert len(plans) == 1, plans
+    (_, generic, custom) = plans[0]
+    assert (generic, custom) == (7, 0), plans  # t0's start ran it twice: around its batch
+    assert store.end_task(first.execution_id, TaskOutcome.SUCCESS).changed
+
+
+def test_a_session_that_lost_its_prepared_statements_prepares_them_again(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A pooler's ``DISCARD ALL`` (or ``DEALLOCATE ALL``) drops the session's prepared
+    statements: the EXECUTE fails with SQLSTATE 26000, and the transition is re-run, preparing
+    them again; nothing of the failed attempt is kept."""
+    store, proxy = wired
+    batch = BatchSpec("pipe_dag", "run-0")
+    store.start_task(TaskSpec(batch, "t0"))
+    with store.engine.connect() as conn:  # the pool's one connection: the same session
+        conn.execute(text("DEALLOCATE ALL"))
+        conn.commit()
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(batch, "t1"))
+    assert any("PREPARE bfx_task_facts_" in q for q in proxy.queries), proxy.queries
+    rows = [r for r in store.executions("pipe_dag", "run-0") if r.TaskId == "t1"]
+    assert [(r.ExecutionID, r.ExecutionStatus) for r in rows] == [(started.execution_id, "E")]
 
 
 def test_a_failing_queued_write_fails_its_transaction_and_leaves_nothing(
