@@ -65,3 +65,41 @@ def test_skip_ahead_off_leaves_each_task_to_its_own_start(
     assert {rows[(t, -1)].TryNumber for t in ("start", "extract", "left")} == {1}
     assert "skipped ahead" not in bfx_log(caplog)
     assert xcom_value(DAG_ID, run2.run_id, "check") == "orders-s:3:L"
+
+
+@pytest.mark.parametrize("catalog", ["sqlite"], indirect=True)  # SQLite lets a DBA skip CHECK
+def test_a_hand_edited_row_stops_skip_ahead_but_not_the_first_task(
+    catalog: Catalog, copies_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Skip ahead is one transaction: a corrupt row of one candidate rolls all of it back with
+    a warning; the first task's own start stands, and the task whose row is corrupt meets the
+    error itself, with the message that names the row."""
+    from sqlalchemy import text
+
+    run1 = run_dag(DAG_ID, {"fail": True})
+    assert run1.state == "failed"
+    row = catalog.task_rows(DAG_ID, run1.run_id)[("left", -1)]
+    store = catalog.store()
+    try:
+        with store.engine.begin() as conn:  # a DBA bypassing the CHECK constraint
+            conn.exec_driver_sql("PRAGMA ignore_check_constraints = ON")
+            conn.execute(
+                text("UPDATE Execution SET NextLoadStatus = 'X' WHERE ExecutionID = :id"),
+                {"id": row.ExecutionID},
+            )
+            conn.exec_driver_sql("PRAGMA ignore_check_constraints = OFF")
+    finally:
+        store.engine.dispose()
+    caplog.clear()
+
+    run2 = run_dag(DAG_ID)
+    log = bfx_log(caplog)
+    assert "bfx: skip ahead failed in the catalog (CorruptRowError" in log
+    assert "skipped ahead" not in log
+    rows = catalog.task_rows(DAG_ID, run2.run_id)
+    assert rows[("start", -1)].TryNumber == 1 and run2.state_of("start") == "skipped"
+    # Nothing was written ahead: extract decided for itself; left failed on its corrupt row.
+    assert rows[("extract", -1)].TryNumber == 1 and run2.state_of("extract") == "skipped"
+    assert ("left", -1) not in rows and run2.state_of("left") == "failed"
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Execution row ExecutionID={row.ExecutionID} has NextLoadStatus='X'" in messages
