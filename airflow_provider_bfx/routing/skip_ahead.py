@@ -71,29 +71,16 @@ def skip_ahead(
         return []
     ti = context["ti"]
     dag = context.get("dag") or ti.task.dag
-    tasks = {task.task_id: task for task in candidates(dag, spec.task_id)}
     try:
-        waiting = _not_scheduled(ti, spec, set(tasks))
-    except Exception as exc:
+        specs = _candidate_specs(ti, dag, spec)
+    except Exception as exc:  # e.g. Airflow's states unreadable: nothing was written
         log.warning(
-            "bfx: skip ahead could not read Airflow's states of this run (%s: %s); each"
-            " completed task starts and skips itself",
+            "bfx: skip ahead could not pick its tasks (%s: %s); each completed task starts and"
+            " skips itself",
             type(exc).__name__,
             exc,
         )
         return []
-    specs = [
-        TaskSpec(
-            batch=spec.batch,
-            task_id=task_id,
-            map_index=keys.UNMAPPED,
-            try_number=AHEAD_TRY,
-            operator_fingerprint=task_facts(task).operator_fingerprint,
-            policy=spec.policy,
-        )
-        for task_id, task in tasks.items()
-        if task_id in waiting
-    ]
     try:
         skipped = store.skip_ahead(spec.batch, specs)
     except Exception as exc:
@@ -131,6 +118,24 @@ def skip_ahead(
         ",".join(s.task_id for s in skipped),
     )
     return skipped
+
+
+def _candidate_specs(ti: Any, dag: Any, spec: TaskSpec) -> list[TaskSpec]:
+    """The requests for the candidates Airflow has not scheduled yet (module docstring, 1)."""
+    tasks = {task.task_id: task for task in candidates(dag, spec.task_id)}
+    waiting = _not_scheduled(ti, spec, set(tasks))
+    return [
+        TaskSpec(
+            batch=spec.batch,
+            task_id=task_id,
+            map_index=keys.UNMAPPED,
+            try_number=AHEAD_TRY,
+            operator_fingerprint=task_facts(task).operator_fingerprint,
+            policy=spec.policy,
+        )
+        for task_id, task in tasks.items()
+        if task_id in waiting
+    ]
 
 
 def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
