@@ -15,6 +15,9 @@ from airflow_provider_bfx.exceptions import BfxError
 
 UNMAPPED = -1  # Airflow's map_index for a task that is not mapped
 NO_ITEM = ""  # ItemFingerprint of a task that is not mapped
+#: The try number of a row skip ahead writes (decision 0106): Airflow's own try number of a
+#: task instance that never started, so a later real try is a key of its own.
+AHEAD_TRY = 0
 COPY_NODE = "copy"  # NodeKey of the checkpoint that says a copy step landed its data
 
 

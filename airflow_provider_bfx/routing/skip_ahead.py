@@ -41,10 +41,6 @@ from airflow_provider_bfx.routing.settings import BfxSettings
 
 log = logging.getLogger("airflow_provider_bfx.routing")
 
-#: The try number of a row written ahead: Airflow's own try number of a task instance that
-#: never started. A later real try (1, or more after a clear) is a new key and decides anew.
-AHEAD_TRY = 0
-
 
 def candidates(dag: Any, own_task_id: str) -> Iterator[Any]:
     """The tasks skip ahead may decide (module docstring, step 1), in the DAG's order."""
@@ -129,7 +125,7 @@ def _candidate_specs(ti: Any, dag: Any, spec: TaskSpec) -> list[TaskSpec]:
             batch=spec.batch,
             task_id=task_id,
             map_index=keys.UNMAPPED,
-            try_number=AHEAD_TRY,
+            try_number=keys.AHEAD_TRY,
             operator_fingerprint=task_facts(task).operator_fingerprint,
             policy=spec.policy,
         )

@@ -84,11 +84,12 @@ def play_fifty_table_story(
     assert Counter(r.ExecutionStatus for r in rows2.values()) == Counter({"C": 47, "S": 5})
     # Skip ahead (decision 0106): the first of the five first loads wrote the rows of the
     # completed loads Airflow had not scheduled yet (try 0) and Airflow skipped them with no
-    # task process (no hostname). A load that got scheduled in the meantime decides for itself.
+    # task process (no hostname). A load Airflow scheduled in the meantime starts anyway and
+    # reuses its row written ahead: one row per task (the counts above), a process for it.
     ahead = {t for t, r in rows2.items() if r.ExecutionStatus == "C" and r.TryNumber == 0}
     ran = {ti["task_id"] for ti in api.task_instances(DAG_ID, run2) if ti.get("hostname")}
-    assert len(ahead) >= 35, sorted(ahead)
-    assert not ahead & ran, sorted(ahead & ran)
+    assert len(ahead - ran) >= 30, (sorted(ahead), sorted(ran))
+    assert len(ran) <= 52 - 30
     assert rows2["load_table_48"].OriginalExecutionID == rows1["load_table_48"].ExecutionID
     batch2 = wait_batch_closed(catalog, deployment, DAG_ID, run2)
     assert (batch2.ExecutionStatus, batch2.NextLoadStatus) == ("S", "P")

@@ -65,7 +65,7 @@ def test_fifty_table_story_on_two_celery_workers(
     run1, run2 = play_fifty_table_story(deployment, catalog, copies, run_timeout=360)
     received = {w: len(RECEIVED.findall(deployment.log_text(w))) for w in WORKERS}
     # Run 1 started 48 tasks; run 2 at least the five first loads and the five that run, and
-    # not the completed loads it skipped ahead (decision 0106: at least 35 of them, the story
-    # checks). Both workers took a share.
-    assert 48 + 10 <= sum(received.values()) <= 48 + 52 - 35 + 10, received
+    # not the completed loads it skipped ahead with no process (at least 30, the story checks;
+    # a few more may be delivered and refused once skipped). Both workers took a share.
+    assert 48 + 10 <= sum(received.values()) <= 48 + 52 - 30 + 10, received
     assert all(n >= 10 for n in received.values()), received
