@@ -4,23 +4,12 @@ a real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from airflow_provider_bfx.catalog.codes import ExecutionStatus
 from airflow_provider_bfx.catalog.machine import TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStateError, CatalogStore, TaskSpec
-from tests.story import FakeClock, batch_row, deployed_store
-
-
-@pytest.fixture
-def store(catalog_url: str) -> Iterator[CatalogStore]:
-    store = deployed_store(catalog_url, FakeClock())
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
+from tests.story import batch_row
 
 
 def _inner_run(store: CatalogStore, run_id: str, parent: int, *, fail: bool) -> int:

@@ -11,7 +11,6 @@ after a run made while the DAG was disabled (item 4: one rule for "which executi
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, text, update
@@ -26,16 +25,7 @@ from airflow_provider_bfx.catalog.store import (
     CatalogStore,
     TaskSpec,
 )
-from tests.story import FakeClock, deployed_store, run_batch, task_rows
-
-
-@pytest.fixture
-def store(catalog_url: str) -> Iterator[CatalogStore]:
-    store = deployed_store(catalog_url, FakeClock())
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
+from tests.story import run_batch, task_rows
 
 
 def packages(store: CatalogStore) -> dict[tuple[str, str | None], tuple[str, int]]:

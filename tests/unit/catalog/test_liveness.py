@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,15 +64,6 @@ def test_running_processes_and_other_hosts_count_as_alive() -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
-
-
-@pytest.fixture
-def store(catalog_url: str) -> Iterator[CatalogStore]:
-    store = deployed_store(catalog_url, FakeClock())
-    try:
-        yield store
-    finally:
-        store.engine.dispose()
 
 
 def test_a_dead_owner_does_not_refuse_the_next_try(store: CatalogStore, dead_owner: str) -> None:
