@@ -116,6 +116,25 @@ class Catalog:
         (row,) = [r for r in self.rows(dag_id, run_id) if r.TaskId is None]
         return row
 
+    def hand_edit(self, execution_id: int, column: str, value: str) -> None:
+        """Set one column of one Execution row as a DBA would by hand, bypassing the CHECK
+        constraints (SQLite only: it lets a session switch them off)."""
+        from sqlalchemy import text
+
+        assert self.kind == "sqlite", "only SQLite lets a session skip CHECK constraints"
+        assert column.isidentifier(), column
+        store = self.store()
+        try:
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA ignore_check_constraints = ON")
+                conn.execute(
+                    text(f"UPDATE Execution SET {column} = :value WHERE ExecutionID = :id"),
+                    {"value": value, "id": execution_id},
+                )
+                conn.exec_driver_sql("PRAGMA ignore_check_constraints = OFF")
+        finally:
+            store.engine.dispose()
+
 
 @pytest.fixture(
     params=[

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from conftest import Catalog, load_dag, run_dag
-from sqlalchemy import text
 
 from airflow_provider_bfx import callbacks
 
@@ -46,17 +45,7 @@ def test_a_callback_in_another_process_names_a_hand_edited_row(
     run = run_dag(DAG_ID)
     assert run.state == "success"
     row = catalog.task_rows(DAG_ID, run.run_id)[("second", -1)]
-    store = catalog.store()
-    try:
-        with store.engine.begin() as conn:  # a DBA bypassing the CHECK constraint
-            conn.exec_driver_sql("PRAGMA ignore_check_constraints = ON")
-            conn.execute(
-                text("UPDATE Execution SET ExecutionStatus = 'X' WHERE ExecutionID = :id"),
-                {"id": row.ExecutionID},
-            )
-            conn.exec_driver_sql("PRAGMA ignore_check_constraints = OFF")
-    finally:
-        store.engine.dispose()
+    catalog.hand_edit(row.ExecutionID, "ExecutionStatus", "X")
     caplog.clear()
 
     # The task's success callback, as a process that never ran the gate calls it.

@@ -74,22 +74,10 @@ def test_a_hand_edited_row_stops_skip_ahead_but_not_the_first_task(
     """Skip ahead is one transaction: a corrupt row of one candidate rolls all of it back with
     a warning; the first task's own start stands, and the task whose row is corrupt meets the
     error itself, with the message that names the row."""
-    from sqlalchemy import text
-
     run1 = run_dag(DAG_ID, {"fail": True})
     assert run1.state == "failed"
     row = catalog.task_rows(DAG_ID, run1.run_id)[("left", -1)]
-    store = catalog.store()
-    try:
-        with store.engine.begin() as conn:  # a DBA bypassing the CHECK constraint
-            conn.exec_driver_sql("PRAGMA ignore_check_constraints = ON")
-            conn.execute(
-                text("UPDATE Execution SET NextLoadStatus = 'X' WHERE ExecutionID = :id"),
-                {"id": row.ExecutionID},
-            )
-            conn.exec_driver_sql("PRAGMA ignore_check_constraints = OFF")
-    finally:
-        store.engine.dispose()
+    catalog.hand_edit(row.ExecutionID, "NextLoadStatus", "X")
     caplog.clear()
 
     run2 = run_dag(DAG_ID)
