@@ -28,6 +28,7 @@ from airflow_provider_bfx.catalog.codes import (
 )
 from airflow_provider_bfx.catalog.leases import (
     ActiveTask,
+    active_row_columns,
     active_task,
     active_task_columns,
     may_have_lapsed,
@@ -292,8 +293,6 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         )
         .scalar_subquery()
     )
-    # Did a copy step of the active execution's lineage land? (Only read for stale rows.)
-    active_copy = copy_landed(cat, a)
     # The latest copy checkpoint of this task and item in this lineage, and its writer.
     lc, lw, cw = cat.s.ExecutionCheckpoint.alias("lc"), E.alias("lw"), E.alias("cw")
     cc = cat.s.ExecutionCheckpoint.alias("cc")
@@ -333,15 +332,7 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         tp.c.PackageID.label("tp_id"),
         tp.c.IsEnabled.label("tp_enabled"),
         x.c.ExecutionID.label("x_id"),
-        a.c.ExecutionID.label("a_id"),
-        a.c.LeaseOwner.label("a_owner"),
-        a.c.LeaseExpiresAt.label("a_expires"),
-        a.c.LineageID.label("a_lineage"),
-        a.c.AuditID.label("a_audit"),
-        a.c.OriginalExecutionID.label("a_original"),
-        a.c.AttemptNumber.label("a_attempt"),
-        a.c.OperatorFingerprint.label("a_opfp"),
-        flag(active_copy).label("a_copy"),
+        *active_row_columns(cat, a),
         p.c.ExecutionID.label("p_id"),
         p.c.ExecutionStatus.label("p_status"),
         p.c.NextLoadStatus.label("p_nls"),

@@ -107,10 +107,10 @@ class ActiveTask:
         )
 
 
-def active_task_columns(cat: Catalog, a: Any) -> list[Any]:
-    """The columns of :class:`ActiveTask` read from ``a`` (an ``Execution`` alias)."""
-    E = cat.s.Execution
-    parent = E.alias("a_parent")
+def active_row_columns(cat: Catalog, a: Any) -> list[Any]:
+    """What the state machine reads of an active row ``a`` (an ``Execution`` alias): its lease,
+    lineage, reuse ids, definition, and whether its lineage's copy step landed. The task-start
+    facts query reads these; :func:`active_task_columns` adds where the row sits."""
     return [
         a.c.ExecutionID.label("a_id"),
         a.c.LeaseOwner.label("a_owner"),
@@ -120,10 +120,19 @@ def active_task_columns(cat: Catalog, a: Any) -> list[Any]:
         a.c.OriginalExecutionID.label("a_original"),
         a.c.AttemptNumber.label("a_attempt"),
         a.c.OperatorFingerprint.label("a_opfp"),
+        flag(copy_landed(cat, a)).label("a_copy"),
+    ]
+
+
+def active_task_columns(cat: Catalog, a: Any) -> list[Any]:
+    """The columns of :class:`ActiveTask` read from ``a`` (an ``Execution`` alias)."""
+    E = cat.s.Execution
+    parent = E.alias("a_parent")
+    return [
+        *active_row_columns(cat, a),
         a.c.ParentExecutionID.label("a_batch"),
         a.c.DagId.label("a_dag"),
         a.c.TaskId.label("a_task"),
-        flag(copy_landed(cat, a)).label("a_copy"),
         select(parent.c.ExecutionStatus)
         .where(parent.c.ExecutionID == a.c.ParentExecutionID)
         .scalar_subquery()
