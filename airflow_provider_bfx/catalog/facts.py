@@ -274,14 +274,15 @@ def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
 def task_facts_query(cat: Catalog) -> Select[Any]:
     """The task-start facts query, built once per store: constructing it costs milliseconds
     of Python (seven aliases, ~170 columns), more than the statement itself takes to run.
-    Parameters: ``p_item``, ``p_dag``, ``p_task``, ``p_task_key``, ``p_batch_key``."""
+    Parameters: ``p_item``, ``p_dag``, ``p_task``, ``p_task_key``, ``p_ahead_key``,
+    ``p_batch_key``."""
     return cat.memo("task_facts", lambda: prepared(_build_task_facts(cat), "task_facts"))
 
 
 def _build_task_facts(cat: Catalog) -> Select[Any]:
     E, P = cat.s.Execution, cat.s.Package
     b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
-    x, a, p = E.alias("x"), E.alias("a"), E.alias("p")
+    x, a, p, ah = E.alias("x"), E.alias("a"), E.alias("p"), E.alias("ah")
     inner = E.alias("inner")
     prior_id = (
         select(func.max(inner.c.ExecutionID))
@@ -332,6 +333,14 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         tp.c.PackageID.label("tp_id"),
         tp.c.IsEnabled.label("tp_enabled"),
         x.c.ExecutionID.label("x_id"),
+        # The row skip ahead wrote for this task in this batch (decision 0106), if any.
+        select(ah.c.ExecutionID)
+        .where(
+            ah.c.ExternalExecutionID == bindparam("p_ahead_key"),
+            ah.c.ParentExecutionID == b.c.ExecutionID,
+        )
+        .scalar_subquery()
+        .label("ahead_id"),
         *active_row_columns(cat, a),
         p.c.ExecutionID.label("p_id"),
         p.c.ExecutionStatus.label("p_status"),
@@ -371,6 +380,9 @@ def task_facts_params(spec: TaskSpec) -> dict[str, Any]:
         "p_dag": spec.batch.dag_id,
         "p_task": spec.task_id,
         "p_task_key": spec.external_id,
+        "p_ahead_key": keys.task_external_id(
+            spec.batch.dag_id, spec.batch.run_id, spec.task_id, spec.map_index, keys.AHEAD_TRY
+        ),
         "p_batch_key": spec.batch.external_id,
     }
 

@@ -78,33 +78,16 @@ def start_task_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarte
         return repeat_txn(cat, conn, int(f["x_id"]), batch_id, lines, spec, now)
     gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
     decision = machine.task_start(gathered.facts, now)
-    if decision.start.run is Run.SKIP and spec.try_number != keys.AHEAD_TRY:
-        ahead = _skipped_ahead_txn(cat, conn, spec, batch_id)
-        if ahead is not None:  # decided once: this try stands for the row written ahead
-            return repeat_txn(cat, conn, ahead, batch_id, lines, spec, now)
+    if decision.start.run is Run.SKIP and f["ahead_id"] is not None:
+        # Skip ahead wrote this task's row while Airflow scheduled it (decision 0106): decided
+        # once, one row; this try stands for the row written ahead.
+        return repeat_txn(cat, conn, int(f["ahead_id"]), batch_id, lines, spec, now)
     started = _write_start_txn(cat, conn, spec, gathered, decision, lines, now)
     if first and gathered.lineage_id != batch_id:
         # This start found its run without a batch, and the batch resumes an older lineage:
         # the start that may skip the run's completed tasks ahead (:mod:`.skip_ahead`).
         return replace(started, resumed_batch=True)
     return started
-
-
-def _skipped_ahead_txn(cat: Catalog, conn: Connection, spec: TaskSpec, batch_id: int) -> int | None:
-    """The row skip ahead wrote for this task in this batch, if any (:mod:`.skip_ahead`): a
-    task Airflow scheduled while the run's first task skipped it ahead starts anyway, and
-    skips; it reuses that row rather than writing a second ``C``. Read only when the machine
-    skips, so a task that runs pays nothing for it."""
-    E = cat.s.Execution
-    key = keys.task_external_id(
-        spec.batch.dag_id, spec.batch.run_id, spec.task_id, spec.map_index, keys.AHEAD_TRY
-    )
-    found = conn.execute(
-        select(E.c.ExecutionID).where(
-            E.c.ExternalExecutionID == key, E.c.ParentExecutionID == batch_id
-        )
-    ).scalar()
-    return None if found is None else int(found)
 
 
 def decide_start_txn(
