@@ -12,11 +12,13 @@ a resumed run's batch (``TaskStarted.resumed_batch``) instead:
    tasks are already queued and decide for themselves);
 2. has the store decide them with their own gates' rule and write the ``C`` rows of those it
    skips, in one transaction (:mod:`airflow_provider_bfx.catalog.skip_ahead`);
-3. layer by layer, deepest first (:func:`waves`), writes each skipped task's recorded return
-   value as that task's XCom (``XCom.set``), so downstream tasks pull what they would have
-   pulled, then
-4. sends the Task SDK's ``SkipDownstreamTasks`` with that layer: the execution API marks those
-   task instances *skipped* in this DAG run, leaving alone any already running or finished.
+3. component by component (:func:`steps`: the order, and why it is safe), writes each
+   skipped task's recorded return value as that task's XCom (``XCom.set``), with those of the
+   skipped tasks upstream of it, so that downstream tasks pull what they would have pulled,
+   then
+4. sends the Task SDK's ``SkipDownstreamTasks`` with that component: the execution API marks
+   those task instances *skipped* in this DAG run, leaving alone any already running or
+   finished.
 
 Every step is an optimisation of work the tasks would do themselves, so a failure here is
 logged and the run goes on: if the catalog transaction fails nothing is written; if the XCom
@@ -28,7 +30,8 @@ for itself as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_bfx.catalog import keys
@@ -40,6 +43,14 @@ from airflow_provider_bfx.routing.request import task_facts
 from airflow_provider_bfx.routing.settings import BfxSettings
 
 log = logging.getLogger("airflow_provider_bfx.routing")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``SkipDownstreamTasks`` message, and the XComs written before it is sent."""
+
+    write: tuple[SkippedAhead, ...]
+    tell: tuple[SkippedAhead, ...]
 
 
 def candidates(dag: Any, own_task_id: str) -> Iterator[Any]:
@@ -94,10 +105,10 @@ def skip_ahead(
         return []
     told = 0
     try:
-        for wave in waves(dag, skipped):
-            _replay_outputs(dag, spec, wave)
-            _skip_in_airflow(wave)
-            told += len(wave)
+        for step in steps(dag, skipped):
+            _replay_outputs(dag, spec, step.write)
+            _skip_in_airflow(step.tell)
+            told += len(step.tell)
     except Exception as exc:
         log.warning(
             "bfx: skip ahead wrote %d completed tasks to the catalog but could tell Airflow of"
@@ -144,40 +155,89 @@ def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
     return {task_id for (task_id, _), state in states.items() if state is None}
 
 
-def waves(dag: Any, skipped: list[SkippedAhead]) -> list[list[SkippedAhead]]:
-    """The skipped tasks in the order Airflow is told: deepest layer first, where a task's
-    layer is one more than its deepest upstream among them (0: none is).
+def steps(dag: Any, skipped: list[SkippedAhead]) -> list[Step]:
+    """The order Airflow is told of the skipped tasks, and the XComs written before each
+    message (decision 0106).
 
-    Skipping a task lets Airflow schedule its downstream tasks. Told deepest first, a skipped
-    task is never told after one of its upstreams, so no task of the set becomes schedulable
-    before it is skipped itself; and the tasks that must run downstream of the deepest ones
-    (the failed load, on the run's critical path) can start after the first layer, not the
-    last. Each layer's outputs are written before its skip, so a task's XCom exists whenever
-    it shows finished. (Told shallowest first, each layer let Airflow schedule the next before
-    it was skipped: measured, more task processes, not fewer.)"""
-    ids = {s.task_id for s in skipped}
-    layer: dict[str, int] = {}
-    for start in ids:
-        stack = [start]
+    Two rules make it safe:
+
+    * a message tells a whole *component* of the skipped set (its tasks joined by edges
+      between skipped tasks, either way). A skip lets Airflow schedule the downstream tasks;
+      a skipped task's upstreams and downstreams among the skipped tasks are in its component,
+      so no skipped task becomes schedulable before it is told itself;
+    * before a component is told, the outputs of its tasks *and of every skipped task
+      upstream of them* (through any task, skipped or not) are written. A task that runs reads
+      the outputs of its upstream tasks, near or far (``xcom_pull`` of any upstream); it can
+      start only once its upstreams ended, and an upstream ends here by being told (its
+      component's upstream outputs were written first) or by running (and it started, by the
+      same rule, after the outputs upstream of it were written). So no task that runs reads
+      an output before it is written.
+
+    The components that let a task run go first (a task outside the set whose skipped
+    upstreams are all in that component: the restarted load, on the run's critical path),
+    then the others, fewest XCom writes first: the sooner a component is told, the less time
+    its first tasks have to be scheduled by Airflow ahead of the message and take a process.
+    """
+    by_id = {s.task_id: s for s in skipped}
+    position = {task_id: i for i, task_id in enumerate(by_id)}
+    components: list[list[str]] = []
+    seen: set[str] = set()
+    for start in by_id:
+        if start in seen:
+            continue
+        seen.add(start)
+        members, stack = [], [start]
         while stack:
-            task_id = stack[-1]
-            if task_id in layer:
-                stack.pop()
-                continue
-            ups = [u for u in dag.task_dict[task_id].upstream_task_ids if u in ids]
-            missing = [u for u in ups if u not in layer]
-            if missing:
-                stack.extend(missing)
-                continue
-            layer[task_id] = 1 + max((layer[u] for u in ups), default=-1)
-            stack.pop()
-    out: list[list[SkippedAhead]] = [[] for _ in range(1 + max(layer.values(), default=-1))]
-    for s in skipped:
-        out[layer[s.task_id]].append(s)
-    return out[::-1]
+            task_id = stack.pop()
+            members.append(task_id)
+            task = dag.task_dict[task_id]
+            for other in (*task.upstream_task_ids, *task.downstream_task_ids):
+                if other in by_id and other not in seen:
+                    seen.add(other)
+                    stack.append(other)
+        components.append(sorted(members, key=position.__getitem__))
+
+    def skipped_upstream(members: list[str]) -> set[str]:
+        """The skipped tasks upstream of ``members``, near or far, and ``members``."""
+        found, stack = set(members), list(members)
+        while stack:
+            for up in dag.task_dict[stack.pop()].upstream_task_ids:
+                if up not in found:
+                    found.add(up)
+                    stack.append(up)
+        return {task_id for task_id in found if task_id in by_id}
+
+    def lets_a_task_run(members: list[str]) -> bool:
+        inside = set(members)
+        for task_id in members:
+            for down in dag.task_dict[task_id].downstream_task_ids:
+                if down in by_id:
+                    continue
+                ups = dag.task_dict[down].upstream_task_ids
+                if all(up in inside for up in ups if up in by_id):
+                    return True
+        return False
+
+    needs = [skipped_upstream(members) for members in components]
+    order = sorted(
+        range(len(components)),
+        key=lambda i: (not lets_a_task_run(components[i]), len(needs[i]), i),
+    )
+    out: list[Step] = []
+    written: set[str] = set()
+    for i in order:
+        write = sorted(needs[i] - written, key=position.__getitem__)
+        written.update(write)
+        out.append(
+            Step(
+                write=tuple(by_id[t] for t in write),
+                tell=tuple(by_id[t] for t in components[i]),
+            )
+        )
+    return out
 
 
-def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> None:
+def _replay_outputs(dag: Any, spec: TaskSpec, skipped: Sequence[SkippedAhead]) -> None:
     """Each skipped task's recorded return value as its own XCom (and its keys, for a task
     with ``multiple_outputs``), as its gate would have pushed it."""
     from airflow.sdk.execution_time.xcom import XCom
@@ -192,10 +252,10 @@ def _replay_outputs(dag: Any, spec: TaskSpec, skipped: list[SkippedAhead]) -> No
                 XCom.set(str(name), value, **where)
 
 
-def _skip_in_airflow(skipped: list[SkippedAhead]) -> None:
-    """One ``SkipDownstreamTasks`` message per layer: the execution API skips the listed task
-    instances of this DAG run that have not started (it names them "downstream", but checks
-    only that they belong to the run)."""
+def _skip_in_airflow(skipped: Sequence[SkippedAhead]) -> None:
+    """One ``SkipDownstreamTasks`` message per component (:func:`steps`): the execution API
+    skips the listed task instances of this DAG run that have not started (it names them
+    "downstream", but checks only that they belong to the run)."""
     from airflow.sdk.execution_time.comms import SkipDownstreamTasks
     from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -254,22 +255,100 @@ def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], for
     assert out[-2:] == [str(forks), str(forks)]
 
 
-def test_skip_ahead_tells_airflow_deepest_layer_first() -> None:
-    """Decision 0106: deepest first, so that no task is told after one of its upstreams (a
-    skip lets Airflow schedule the downstream tasks)."""
+def _steps_of(dag: Any, skipped_ids: str) -> list[tuple[str, str]]:
+    from airflow_provider_bfx.catalog.results import SkippedAhead
+    from airflow_provider_bfx.routing.skip_ahead import steps
+
+    skipped = [SkippedAhead(x, i, "", True, x) for i, x in enumerate(skipped_ids)]
+    return [
+        ("".join(s.task_id for s in step.write), "".join(s.task_id for s in step.tell))
+        for step in steps(dag, skipped)
+    ]
+
+
+def test_skip_ahead_tells_a_component_at_once_the_one_unblocking_a_task_first() -> None:
+    """Decision 0106: each message tells a whole component of the skipped tasks (so none
+    becomes schedulable before it is told), after writing their outputs; the component that
+    lets a task run (the restarted load, ``d``) goes first."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
-    from airflow_provider_bfx.catalog.results import SkippedAhead
-    from airflow_provider_bfx.routing.skip_ahead import waves
+    with DAG("components", schedule=None) as dag:
+        t = {name: BaseOperator(task_id=name) for name in "abcdefghm"}
+        chain(t["a"], t["b"], t["c"], t["d"], t["m"])  # a: a first task; d: runs again
+        chain(t["e"], t["f"], t["g"], t["h"], t["m"])  # e: a first task
+    assert _steps_of(dag, "fghbc") == [("bc", "bc"), ("fgh", "fgh")]
+    assert _steps_of(dag, "") == []
 
-    with DAG("layers", schedule=None) as dag:
-        t = {name: BaseOperator(task_id=name) for name in "abcdefg"}
-        chain(t["a"], t["b"], t["c"], t["d"])  # a: the first task, runs itself
-        chain(t["e"], t["f"])
-        t["b"] >> t["f"]
-        t["g"] >> t["d"]
-    skipped = [SkippedAhead(x, i, "", False) for i, x in enumerate("dcbfe")]
-    got = [[s.task_id for s in wave] for wave in waves(dag, skipped)]
-    assert got == [["d"], ["c", "f"], ["b", "e"]]
-    assert waves(dag, []) == []
+
+def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it() -> None:
+    """A task that runs may pull the output of any upstream task, also across a task that
+    runs (``a -> m -> s -> n``): ``s``'s message waits for ``a``'s output too."""
+    from airflow.sdk import DAG, chain
+    from airflow.sdk.bases.operator import BaseOperator
+
+    with DAG("upstream_outputs", schedule=None) as dag:
+        t = {name: BaseOperator(task_id=name) for name in "amsnxyz"}
+        chain(t["a"], t["m"], t["s"], t["n"])  # m and n run; a and s are skipped
+        t["a"] >> [t["x"], t["y"], t["z"]]  # a's component is larger than s's needs
+    assert _steps_of(dag, "axyzs") == [("as", "s"), ("xyz", "axyz")]
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_skip_ahead_order_is_safe_on_random_dags(seed: int) -> None:
+    """On random DAGs and skipped sets: (1) when a message is sent, every skipped task not yet
+    told that has a skipped upstream still has one not told (it is not schedulable); (2) any
+    task outside the set that could start then (its upstreams ended: told, or outside the set)
+    finds the outputs of all its skipped upstreams, near or far, written. A task outside the
+    set may have ended once its upstreams ended."""
+    import random
+
+    from airflow.sdk import DAG
+    from airflow.sdk.bases.operator import BaseOperator
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 14)
+    with DAG(f"random_{seed}", schedule=None) as dag:
+        tasks = [BaseOperator(task_id=f"t{i:02d}") for i in range(n)]
+        for i in range(n):
+            for j in range(i + 1, n):
+                if rng.random() < 0.25:
+                    tasks[i] >> tasks[j]
+    ids = [t.task_id for t in tasks]
+    skipped = {x for x in ids if rng.random() < 0.6}
+    order = [x for x in ids if x in skipped]
+    rng.shuffle(order)
+
+    def ancestors(task_id: str) -> set[str]:
+        found, stack = set(), [task_id]
+        while stack:
+            for up in dag.task_dict[stack.pop()].upstream_task_ids:
+                if up not in found:
+                    found.add(up)
+                    stack.append(up)
+        return found
+
+    from airflow_provider_bfx.catalog.results import SkippedAhead
+    from airflow_provider_bfx.routing.skip_ahead import steps
+
+    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(order)])
+    written: set[str] = set()
+    told: set[str] = set()
+    for step in plan:
+        written.update(s.task_id for s in step.write)
+        told.update(s.task_id for s in step.tell)
+        for x in skipped - told:
+            ups = dag.task_dict[x].upstream_task_ids & skipped
+            assert not ups or ups - told, f"{x} schedulable before it is told"
+        ended: set[str] = set()  # told, or could have run and ended (ids are topological)
+        for x in ids:
+            ups = dag.task_dict[x].upstream_task_ids
+            if x in told or (x not in skipped and ups <= ended):
+                ended.add(x)
+        for x in set(ids) - skipped:
+            if dag.task_dict[x].upstream_task_ids <= ended:
+                missing = (ancestors(x) & skipped) - written
+                assert not missing, f"{x} may start before the outputs of {missing}"
+    assert told == skipped
+    assert written == skipped
+    assert sum(len(step.tell) for step in plan) == len(skipped)
