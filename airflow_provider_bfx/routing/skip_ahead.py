@@ -105,7 +105,7 @@ def skip_ahead(
         return []
     told = 0
     try:
-        for step in steps(dag, skipped):
+        for step in steps(dag, skipped, spec.task_id):
             _replay_outputs(dag, spec, step.write)
             _skip_in_airflow(step.tell)
             told += len(step.tell)
@@ -155,7 +155,7 @@ def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
     return {task_id for (task_id, _), state in states.items() if state is None}
 
 
-def steps(dag: Any, skipped: list[SkippedAhead]) -> list[Step]:
+def steps(dag: Any, skipped: list[SkippedAhead], own_task_id: str | None = None) -> list[Step]:
     """The order Airflow is told of the skipped tasks, and the XComs written before each
     message (decision 0106).
 
@@ -177,6 +177,8 @@ def steps(dag: Any, skipped: list[SkippedAhead]) -> list[Step]:
     upstreams are all in that component: the restarted load, on the run's critical path),
     then the others, fewest XCom writes first: the sooner a component is told, the less time
     its first tasks have to be scheduled by Airflow ahead of the message and take a process.
+    A component below the deciding task (``own_task_id``) goes after those: none of its tasks
+    can be scheduled before this try ends.
     """
     by_id = {s.task_id: s for s in skipped}
     position = {task_id: i for i, task_id in enumerate(by_id)}
@@ -218,10 +220,18 @@ def steps(dag: Any, skipped: list[SkippedAhead]) -> list[Step]:
                     return True
         return False
 
+    def below_own_task(members: list[str]) -> bool:
+        return any(own_task_id in dag.task_dict[t].upstream_task_ids for t in members)
+
     needs = [skipped_upstream(members) for members in components]
     order = sorted(
         range(len(components)),
-        key=lambda i: (not lets_a_task_run(components[i]), len(needs[i]), i),
+        key=lambda i: (
+            not lets_a_task_run(components[i]),
+            below_own_task(components[i]),
+            len(needs[i]),
+            i,
+        ),
     )
     out: list[Step] = []
     written: set[str] = set()

@@ -255,14 +255,14 @@ def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], for
     assert out[-2:] == [str(forks), str(forks)]
 
 
-def _steps_of(dag: Any, skipped_ids: str) -> list[tuple[str, str]]:
+def _steps_of(dag: Any, skipped_ids: str, own: str | None = None) -> list[tuple[str, str]]:
     from airflow_provider_bfx.catalog.results import SkippedAhead
     from airflow_provider_bfx.routing.skip_ahead import steps
 
     skipped = [SkippedAhead(x, i, "", True, x) for i, x in enumerate(skipped_ids)]
     return [
         ("".join(s.task_id for s in step.write), "".join(s.task_id for s in step.tell))
-        for step in steps(dag, skipped)
+        for step in steps(dag, skipped, own)
     ]
 
 
@@ -279,6 +279,21 @@ def test_skip_ahead_tells_a_component_at_once_the_one_unblocking_a_task_first() 
         chain(t["e"], t["f"], t["g"], t["h"], t["m"])  # e: a first task
     assert _steps_of(dag, "fghbc") == [("bc", "bc"), ("fgh", "fgh")]
     assert _steps_of(dag, "") == []
+
+
+def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
+    """Nothing below the deciding task can be scheduled before it ends: the other components,
+    whose first tasks' upstreams may end any moment, are told first."""
+    from airflow.sdk import DAG, chain
+    from airflow.sdk.bases.operator import BaseOperator
+
+    with DAG("below_own", schedule=None) as dag:
+        t = {name: BaseOperator(task_id=name) for name in "abcefm"}
+        chain(t["a"], t["b"], t["c"], t["m"])  # a, e: first tasks; m runs
+        chain(t["e"], t["f"], t["m"])
+    assert _steps_of(dag, "bcf") == [("f", "f"), ("bc", "bc")]  # fewest writes first
+    assert _steps_of(dag, "bcf", "e") == [("bc", "bc"), ("f", "f")]
+    assert _steps_of(dag, "bcf", "a") == [("f", "f"), ("bc", "bc")]
 
 
 def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it() -> None:
@@ -331,7 +346,8 @@ def test_skip_ahead_order_is_safe_on_random_dags(seed: int) -> None:
     from airflow_provider_bfx.catalog.results import SkippedAhead
     from airflow_provider_bfx.routing.skip_ahead import steps
 
-    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(order)])
+    own = rng.choice([x for x in ids if x not in skipped] or [None])
+    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(order)], own)
     written: set[str] = set()
     told: set[str] = set()
     for step in plan:
