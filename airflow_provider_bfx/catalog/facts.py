@@ -26,6 +26,7 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.leases import (
     ActiveTask,
     active_row_columns,
@@ -372,6 +373,16 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         select(*cols).select_from(frm).where(b.c.ExternalExecutionID == bindparam("p_batch_key"))
     )
     return cat.impl.lock(query, b)
+
+
+def task_facts(cat: Catalog) -> CompiledStatement:
+    """:func:`task_facts_query` compiled once for the catalog's engine (decision 0108)."""
+    return compiled(cat, "task_facts_compiled", lambda: task_facts_query(cat))
+
+
+def task_end_facts(cat: Catalog) -> CompiledStatement:
+    """:func:`task_end_facts_query` compiled once for the catalog's engine (decision 0108)."""
+    return compiled(cat, "task_end_facts_compiled", lambda: task_end_facts_query(cat))
 
 
 def task_facts_params(spec: TaskSpec) -> dict[str, Any]:
