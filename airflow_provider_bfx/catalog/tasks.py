@@ -33,7 +33,7 @@ from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.facts import task_end_facts, task_facts, task_facts_params
 from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
-from airflow_provider_bfx.catalog.packages import ensure_package_txn
+from airflow_provider_bfx.catalog.packages import package_facts, register_package_txn
 from airflow_provider_bfx.catalog.results import (
     TaskEnded,
     TaskSpec,
@@ -151,9 +151,9 @@ def _gather_txn(
 
     package_id = f.tp_id
     package_enabled = bool(f.tp_enabled) if package_id is not None else True
-    if package_id is None:
-        package_id = ensure_package_txn(
-            cat, conn, spec.batch.dag_id, spec.task_id, parent_id=f.b_package
+    if package_id is None:  # a task seen for the first time: registered (decision 0108)
+        package_id = register_package_txn(
+            cat, conn, package_facts(f), spec.batch.dag_id, spec.task_id, parent_id=f.b_package
         ).PackageID
     lineage_id = int(f.b_lineage)
 
