@@ -16,8 +16,9 @@ a. statements and round trips of each transition type, counted with SQLAlchemy e
 b. p50/p99 latency of task start and task end (success), ``time.perf_counter`` around the store
    call, with a small history (1,000 executions);
 c. the same with a large history (1,000,000 executions by default), seeded in SQL, and the ratio
-   p50(large)/p50(small). A per-statement breakdown (timed with the cursor events) says which
-   statement dominates.
+   p50(large)/p50(small); on PostgreSQL, the same-shape floor of the same run (raw psycopg2,
+   ``pg_floor.py``), which judges goal 1 (p50 <= 2x floor). A per-statement breakdown (timed
+   with the cursor events) says which statement dominates.
 
 Progress goes to stderr; the report goes to stdout (and ``--output``).
 """
@@ -57,6 +58,9 @@ from airflow_provider_bfx.catalog.machine import TaskOutcome  # noqa: E402
 from airflow_provider_bfx.catalog.schema import build_schema  # noqa: E402
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pg_floor  # noqa: E402
+
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg2://bfx_test:bfx_test@127.0.0.1:5432/postgres"
 
 # Shape of the seeded history (and of the benchmark's own DAG runs).
@@ -69,11 +73,15 @@ OWNER = "bench-host:1"
 
 # Goals the figures are compared with.
 # Issue 12, goal 1: task start and task end <= 2 round trips, batch start <= 4 (other
-# transitions keep the earlier 3); p50 <= ~1 ms (2x the same-shape floor) on loopback
-# PostgreSQL, <= 0.5 ms on SQLite.
+# transitions keep the earlier 3); p50 <= 2x the same-shape floor measured in the same run on
+# loopback PostgreSQL (pg_floor.py; the issue's "~1 ms" is printed too, as a second line),
+# <= 0.5 ms on SQLite.
 GOAL_ROUND_TRIPS = 3
 GOAL_ROUND_TRIPS_BY_PREFIX = {"task start": 2, "task end": 2, "batch start": 4}
+GOAL_PG_FLOOR_RATIO = 2.0
 GOAL_PG_P50_MS = 1.0
+# Which floor shape judges which transition (pg_floor.SHAPES: the issue's two floors).
+FLOOR_OF = {"task start": pg_floor.START_4RT, "task end": pg_floor.END_INSERT}
 GOAL_SQLITE_P50_MS = 0.5
 GOAL_RATIO = 1.1  # issue 12, goal 3: p50 at 1,000,000 executions <= 1.1x p50 at 1,000
 
@@ -1048,14 +1056,22 @@ def _total(call: dict[str, float]) -> float:
     return sum(v for k, v in call.items() if not k.startswith(" "))
 
 
-def report_latency(rep: Report, results: list[Latency]) -> list[str]:
+def report_latency(rep: Report, results: list[Latency], floor: pg_floor.Floor | None) -> list[str]:
+    """The p50/p99 table. PostgreSQL is judged against the floor of the same run (2x), when it
+    was measured; SQLite against its absolute goal."""
     misses: list[str] = []
     rows = []
     for r in results:
         s50, s99 = percentile(r.start_ms, 50), percentile(r.start_ms, 99)
         e50, e99 = percentile(r.end_ms, 50), percentile(r.end_ms, 99)
         goal = "-"
-        if r.label == "default":
+        if r.label == "default" and r.engine == "postgresql" and floor is not None:
+            ok = all(
+                ours <= GOAL_PG_FLOOR_RATIO * percentile(floor.ms[FLOOR_OF[kind]], 50)
+                for kind, ours in (("task start", s50), ("task end", e50))
+            )
+            goal = f"<= {GOAL_PG_FLOOR_RATIO:g}x floor {verdict(ok)}"  # misses: report_floor
+        elif r.label == "default":
             limit = GOAL_PG_P50_MS if r.engine == "postgresql" else GOAL_SQLITE_P50_MS
             ok = s50 <= limit and e50 <= limit
             goal = f"<= {limit:g} ms {verdict(ok)}"
@@ -1096,6 +1112,67 @@ def report_latency(rep: Report, results: list[Latency]) -> list[str]:
     rep("  one warm-up run untimed; tasks run one after another on one connection pool.")
     rep("  load avg = the machine's 1-minute load average before -> after the timed phase")
     rep(f"  ({os.cpu_count()} logical CPUs): above that, other processes competed for the CPU.")
+    return misses
+
+
+def report_floor(rep: Report, results: list[Latency], floor: pg_floor.Floor) -> list[str]:
+    """The same-run floor (pg_floor.py) and our p50s side by side: goal 1 on PostgreSQL is
+    <= 2x the floor; the issue's absolute "~1 ms" is judged on a second line, not hidden."""
+    misses: list[str] = []
+    rows = []
+    for key, shape in pg_floor.SHAPES.items():
+        ms = floor.ms[key]
+        rows.append(
+            [key, shape, str(len(ms)), f"{percentile(ms, 50):.2f}", f"{percentile(ms, 99):.2f}"]
+        )
+    rep.table(["floor", "what is sent (| = a round trip)", "n", "p50", "p99"], rows, "llrrr")
+    rep(
+        f"  raw psycopg2 (autocommit, no SQLAlchemy), same server and database, same loop;"
+        f" load avg {floor.load[0]:.1f} -> {floor.load[1]:.1f}"
+    )
+    rep()
+    rows = []
+    for r in results:
+        if r.engine != "postgresql" or r.label != "default":
+            continue
+        for kind, attr in (("task start", "start_ms"), ("task end", "end_ms")):
+            ours = percentile(getattr(r, attr), 50)
+            base = percentile(floor.ms[FLOOR_OF[kind]], 50)
+            ratio = ours / base
+            rel_ok = ratio <= GOAL_PG_FLOOR_RATIO
+            abs_ok = ours <= GOAL_PG_P50_MS
+            where = f"postgresql p50 with {r.history:,} rows: {kind} {ours:.2f} ms"
+            if not rel_ok:
+                misses.append(
+                    f"{where} = {ratio:.2f}x the same-run floor {base:.2f} ms"
+                    f" (goal <= {GOAL_PG_FLOOR_RATIO:g}x)"
+                )
+            if not abs_ok:
+                misses.append(f"{where} (the issue's absolute figure: <= {GOAL_PG_P50_MS:g} ms)")
+            rows.append(
+                [
+                    f"{r.history:,}",
+                    kind,
+                    f"{ours:.2f}",
+                    f"{base:.2f} ({FLOOR_OF[kind]})",
+                    f"{ratio:.2f}x",
+                    verdict(rel_ok),
+                    f"{ours:.2f} {verdict(abs_ok)}",
+                ]
+            )
+    rep.table(
+        [
+            "history rows",
+            "transition",
+            "ours p50",
+            "floor p50",
+            "ours/floor",
+            f"goal <= {GOAL_PG_FLOOR_RATIO:g}x",
+            f"absolute <= {GOAL_PG_P50_MS:g} ms",
+        ],
+        rows,
+        "llrrrll",
+    )
     return misses
 
 
@@ -1248,6 +1325,7 @@ def main(argv: list[str] | None = None) -> int:
     seeded: list[list[str]] = []
     build_ms: dict[str, float] = {}
     pg_facts_engine: Engine | None = None
+    floor: pg_floor.Floor | None = None
     try:
         for name in engines:
             target: Target = (
@@ -1283,6 +1361,9 @@ def main(argv: list[str] | None = None) -> int:
                             build_ms[name] = built
                     results.append(lat)
                 if name == "postgresql" and size == sizes[0]:
+                    # Goal 1's judge: the same-shape floor, raw psycopg2, right after ours.
+                    log(f"{name}: timing the same-run floor (raw psycopg2, pg_floor.py)")
+                    floor = pg_floor.measure(target.url(), runs, TASKS)
                     # Goal 1's baseline in the same run: psycopg2's own BEGIN and COMMIT and
                     # every statement sent alone (main's four round trips; an explicit
                     # isolation_level turns decision 0101's folding off).
@@ -1325,8 +1406,13 @@ def main(argv: list[str] | None = None) -> int:
         rep()
         rep("b/c. Latency (ms) of task start and task end (success)")
         rep("------------------------------------------------------")
-        misses += report_latency(rep, results)
+        misses += report_latency(rep, results, floor)
         rep()
+        if floor is not None:
+            rep("b2. PostgreSQL against the same-run floor (issue 12, goal 1)")
+            rep("------------------------------------------------------------")
+            misses += report_floor(rep, results, floor)
+            rep()
         rep("c. History growth: p50 with the large history / p50 with the small one")
         rep("--------------------------------------------------------------------")
         misses += report_ratio(rep, results)

@@ -22,7 +22,7 @@ from airflow_provider_bfx.catalog.codes import (
 )
 from airflow_provider_bfx.catalog.facts import batch_start_read_txn
 from airflow_provider_bfx.catalog.leases import abort_lapsed_txn
-from airflow_provider_bfx.catalog.packages import ensure_package_txn
+from airflow_provider_bfx.catalog.packages import NewPackage, register_package_txn
 from airflow_provider_bfx.catalog.pipeline import write
 from airflow_provider_bfx.catalog.results import BatchEnded, BatchSpec
 from airflow_provider_bfx.catalog.rows import (
@@ -59,19 +59,24 @@ def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datet
     )
     write(conn, lock)  # its rows are not read: it only has to be taken before the read
     read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
-    if read.package is None:  # a DAG seen for the first time
-        ensure_package_txn(
+    if read.package is None and read.new_package is not None:
+        # A DAG seen for the first time: its package registered as a queued write, with the
+        # id the read took (decision 0108); nothing else of the read changes.
+        pkg = register_package_txn(
             cat,
             conn,
+            read.new_package,
             spec.dag_id,
             None,
             parent_id=None,
             retry_limit=spec.default_retry_limit,
             max_resume_age=spec.default_max_resume_age,
         )
-        # Locked again: a start racing this one may have registered it first.
-        write(conn, lock)
-        read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
+        if isinstance(pkg, NewPackage):
+            read = replace(read, package=pkg)
+        else:  # registered by its reads (SQL Server): read again under the lock
+            write(conn, lock)
+            read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
     pkg = read.package
     assert pkg is not None
     if read.batch_exists:

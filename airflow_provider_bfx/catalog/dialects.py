@@ -50,6 +50,12 @@ class CatalogDialect:
         Default: not known before the INSERT (NULL): an identity value, then an UPDATE."""
         return literal(None).label("next_id")
 
+    def next_package_id(self) -> Any | None:
+        """The next PackageID as a scalar expression, so that a package seen for the first
+        time is registered by a write that reads nothing back (decision 0108). Default: not
+        known before the INSERT (None): the package is inserted and read back."""
+        return None
+
     def diagnose(self, exc: BaseException, engine: Engine | None = None) -> Diagnosis:
         """What a failed catalog call means, by the driver's error code (:mod:`.errors`)."""
         return diagnose(exc, engine)
@@ -74,6 +80,12 @@ class PostgresDialect(CatalogDialect):
         seq = func.pg_get_serial_sequence(f"{self.s.schema}.{E.name}", E.c.ExecutionID.name)
         return func.nextval(seq).label("next_id")
 
+    def next_package_id(self) -> Any | None:
+        P = self.s.Package
+        return func.nextval(
+            func.pg_get_serial_sequence(f"{self.s.schema}.{P.name}", P.c.PackageID.name)
+        )
+
 
 class MssqlDialect(CatalogDialect):
     """SQL Server: ``WITH (UPDLOCK, ROWLOCK)``; an identity read back after the INSERT."""
@@ -97,6 +109,10 @@ class SqliteDialect(CatalogDialect):
             .scalar_subquery()
             .label("next_id")
         )
+
+    def next_package_id(self) -> Any | None:
+        P = self.s.Package
+        return select(func.coalesce(func.max(P.c.PackageID), 0) + 1).scalar_subquery()
 
 
 def dialect_for(name: str, schema: CatalogSchema) -> CatalogDialect:

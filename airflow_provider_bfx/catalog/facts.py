@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, exists, func, null, or_, select
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+)
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
@@ -26,6 +37,7 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.leases import (
     ActiveTask,
     active_row_columns,
@@ -34,6 +46,11 @@ from airflow_provider_bfx.catalog.leases import (
     may_have_lapsed,
 )
 from airflow_provider_bfx.catalog.liveness import lease_live, this_host
+from airflow_provider_bfx.catalog.packages import (
+    PackageFacts,
+    package_facts,
+    package_facts_columns,
+)
 from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
 from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag, one_of
@@ -79,6 +96,8 @@ class BatchStartRead:
     previous: machine.PreviousBatch | None
     active: tuple[ActiveTask, ...]  # active task rows the expiry scan or the liveness reads
     next_id: int | None  # the new batch row's ExecutionID, when known before the INSERT
+    # Without a DAG package: its next id and any execution of the DAG without it (0108).
+    new_package: PackageFacts | None = None
 
 
 def batch_start_read_txn(
@@ -102,9 +121,19 @@ def batch_start_read_txn(
         "p_parent": None if spec is None else spec.parent_execution_id,
     }
     rows = conn.execute(batch_start_facts_query(cat, with_next_id=spec is not None), params).all()
-    if not rows:
-        return BatchStartRead(None, False, None, None, (), None)
-    f = rows[0]
+    f = rows[0]  # one row at least: the query is driven by a one-row source
+    if f.pkg_id is None:  # a DAG seen for the first time: nothing of it to read
+        if spec is None:
+            return BatchStartRead(None, False, None, None, (), None)
+        return BatchStartRead(
+            package=None,
+            batch_exists=False,
+            parent=_parent(cat, spec, f),
+            previous=None,
+            active=tuple(ActiveTask.of_row(r) for r in rows if r.a_id is not None),
+            next_id=None if f.next_id is None else int(f.next_id),
+            new_package=package_facts(f),
+        )
     parent = None if spec is None else _parent(cat, spec, f)
     active = tuple(ActiveTask.of_row(r) for r in rows if r.a_id is not None)
     previous = None
@@ -128,7 +157,7 @@ def batch_start_read_txn(
             parent_lineage=None if f.prev_parent_lineage is None else int(f.prev_parent_lineage),
         )
     return BatchStartRead(
-        package=f if f.pkg_id is not None else None,
+        package=f,
         batch_exists=f.x_id is not None,
         parent=parent,
         previous=previous,
@@ -173,7 +202,9 @@ def _parent(cat: Catalog, spec: BatchSpec, f: Any) -> Parent | None:
 def batch_start_facts_query(cat: Catalog, *, with_next_id: bool) -> Select[Any]:
     """The batch-start facts query, built once per store. Parameters: ``p_dag``, ``p_now``,
     ``p_host``, ``p_batch_key``, ``p_parent``. One row per active task row it reads (the
-    other columns repeat), one row when there is none, no row without a DAG package."""
+    other columns repeat), one row when there is none, also without a DAG package (then with
+    :func:`.packages.package_facts_columns`, so that a new DAG's package is registered
+    without a read of its own, decision 0108)."""
     name = f"batch_facts_{int(with_next_id)}"
     return cat.memo(name, lambda: prepared(_build_batch_start_facts(cat, with_next_id), name))
 
@@ -255,17 +286,24 @@ def _build_batch_start_facts(cat: Catalog, with_next_id: bool) -> Select[Any]:
         select(cat.impl.next_id_column()).scalar_subquery().label("next_id")
         if with_next_id
         else null().label("next_id"),
+        *(
+            package_facts_columns(cat, p, bindparam("p_dag"), None)
+            if with_next_id
+            else [null().label("new_pkg_id"), null().label("orphan_id")]
+        ),
     ]
+    # Driven by one row, the DAG package outer-joined to it: a DAG seen for the first time
+    # still reads its parent, the lapsed leases and the next ids in this one statement.
+    one = select(literal(1).label("one")).subquery("one")
     frm = (
-        p.outerjoin(par, par.c.ExecutionID == bindparam("p_parent"))
+        one.outerjoin(p, and_(p.c.DagId == bindparam("p_dag"), p.c.TaskId.is_(None)))
+        .outerjoin(par, par.c.ExecutionID == bindparam("p_parent"))
         .outerjoin(prev, prev.c.ExecutionID == prev_id)
         .outerjoin(origin, origin.c.ExecutionID == prev.c.OriginalExecutionID)
         .outerjoin(trigger, trigger.c.ExecutionID == prev.c.ParentExecutionID)
         .outerjoin(a, watched)
     )
-    return (
-        select(*cols).select_from(frm).where(p.c.DagId == bindparam("p_dag"), p.c.TaskId.is_(None))
-    )
+    return select(*cols).select_from(frm)
 
 
 # -- task start and task end: one locking SELECT each ------------------------------------------
@@ -350,6 +388,8 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         p.c.AttemptNumber.label("p_attempt"),
         p.c.OperatorFingerprint.label("p_opfp"),
         cat.impl.next_id_column(),
+        # A task package seen for the first time: registered without a read (0108).
+        *package_facts_columns(cat, tp, bindparam("p_dag"), bindparam("p_task")),
     ]
     frm = (
         b.join(bp, bp.c.PackageID == b.c.PackageID)
@@ -372,6 +412,16 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
         select(*cols).select_from(frm).where(b.c.ExternalExecutionID == bindparam("p_batch_key"))
     )
     return cat.impl.lock(query, b)
+
+
+def task_facts(cat: Catalog) -> CompiledStatement:
+    """:func:`task_facts_query` compiled once for the catalog's engine (decision 0108)."""
+    return compiled(cat, "task_facts_compiled", lambda: task_facts_query(cat))
+
+
+def task_end_facts(cat: Catalog) -> CompiledStatement:
+    """:func:`task_end_facts_query` compiled once for the catalog's engine (decision 0108)."""
+    return compiled(cat, "task_end_facts_compiled", lambda: task_end_facts_query(cat))
 
 
 def task_facts_params(spec: TaskSpec) -> dict[str, Any]:

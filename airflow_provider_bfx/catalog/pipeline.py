@@ -121,11 +121,7 @@ def install(engine: Engine) -> Engine:
     @event.listens_for(engine, "handle_error")
     def _error(ctx: Any) -> None:
         dbapi = getattr(getattr(ctx.execution_context, "cursor", None), "connection", None)
-        if dbapi is None or not hasattr(dbapi, "bfx_prepared"):
-            return
-        dbapi.bfx_pending = None  # whether its PREPARE ran is unknown: a new name next time
-        if getattr(ctx.original_exception, "pgcode", None) == _GONE:
-            dbapi.bfx_prepared.clear()
+        forget_failed(dbapi, ctx.original_exception)
 
     @event.listens_for(engine, "commit")
     def _commit(conn: Connection) -> None:
@@ -157,6 +153,41 @@ def install(engine: Engine) -> Engine:
     return engine
 
 
+def forget_failed(dbapi: Any, exc: BaseException) -> None:
+    """After a failed statement on ``dbapi`` (a folding connection, else nothing to do): the
+    PREPARE that travelled with it may or may not have run, so it is not recorded (a new name
+    next time); a session that lost its statements (SQLSTATE 26000) forgets them all. Called
+    by the ``handle_error`` event, and by :mod:`.compiled`, which sends past it."""
+    if dbapi is None or not hasattr(dbapi, "bfx_prepared"):
+        return
+    dbapi.bfx_pending = None
+    if getattr(exc, "pgcode", None) == _GONE:
+        dbapi.bfx_prepared.clear()
+
+
+def capture_start(conn: Connection) -> list[str] | None:
+    """Begin recording what the folding cursor would send instead of sending it (a queued
+    :func:`write`); None when ``conn`` does not fold, or holds no transaction: execute then.
+    :func:`capture_end` queues what was recorded."""
+    if not conn.info.get(_FOLD) or _QUEUE not in conn.info:
+        return None
+    dbapi: Any = conn.connection.dbapi_connection
+    if dbapi is None:
+        return None
+    captured: list[str] = []
+    dbapi.bfx_capture = captured
+    return captured
+
+
+def capture_end(conn: Connection, captured: list[str] | None, *, keep: bool) -> None:
+    """Stop recording; the recorded statements join the queue when ``keep``."""
+    if captured is None:
+        return
+    conn.connection.dbapi_connection.bfx_capture = None  # type: ignore[union-attr]
+    if keep:
+        conn.info[_QUEUE] += captured
+
+
 def write(conn: Connection, statement: Executable, params: dict[str, Any] | None = None) -> None:
     """Execute ``statement``, whose result the caller does not read: on a folding engine it
     is queued and sent with the next statement or the COMMIT (module docstring).
@@ -164,18 +195,18 @@ def write(conn: Connection, statement: Executable, params: dict[str, Any] | None
     The statement goes through ``conn.execute`` as usual (SQLAlchemy's compiled cache, type
     processing, ``IN`` expansion); only the driver's send is replaced: the folding cursor
     records the exact text psycopg2 would have sent (``mogrify``) instead of sending it."""
-    dbapi: Any = conn.connection.dbapi_connection
-    if not conn.info.get(_FOLD) or _QUEUE not in conn.info or dbapi is None:
+    captured = capture_start(conn)
+    if captured is None:
         conn.execute(statement, params)
         return
     if isinstance(statement, Insert) and not statement._inline:
         statement = statement.inline()  # no implicit RETURNING of a server-made id
-    dbapi.bfx_capture = []
+    done = False
     try:
         conn.execute(statement, params)
-        conn.info[_QUEUE] += dbapi.bfx_capture
+        done = True
     finally:
-        dbapi.bfx_capture = None
+        capture_end(conn, captured, keep=done)
 
 
 def connection_factory() -> Any:

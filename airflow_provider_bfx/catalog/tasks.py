@@ -29,15 +29,11 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
-from airflow_provider_bfx.catalog.facts import (
-    task_end_facts_query,
-    task_facts_params,
-    task_facts_query,
-)
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
+from airflow_provider_bfx.catalog.facts import task_end_facts, task_facts, task_facts_params
 from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
-from airflow_provider_bfx.catalog.packages import ensure_package_txn
-from airflow_provider_bfx.catalog.pipeline import write
+from airflow_provider_bfx.catalog.packages import package_facts, register_package_txn
 from airflow_provider_bfx.catalog.results import (
     TaskEnded,
     TaskSpec,
@@ -66,22 +62,23 @@ def start_task_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarte
     now = cat.clock()
     lines: list[str] = []
     params = task_facts_params(spec)
-    rows = conn.execute(task_facts_query(cat), params).all()
+    facts = task_facts(cat)
+    rows = facts.rows(conn, params)
     first = not rows
     if first:
         lines += create_batch_txn(cat, conn, spec.batch, now)
-        rows = conn.execute(task_facts_query(cat), params).all()
-    f = rows[0]._mapping
-    batch_id = int(f["b_id"])
-    batch_status = parse_status(f["b_status"], row=cat.where(batch_id))
-    if f["x_id"] is not None:
-        return repeat_txn(cat, conn, int(f["x_id"]), batch_id, lines, spec, now)
+        rows = facts.rows(conn, params)
+    f = rows[0]
+    batch_id = int(f.b_id)
+    batch_status = parse_status(f.b_status, row=cat.where(batch_id))
+    if f.x_id is not None:
+        return repeat_txn(cat, conn, int(f.x_id), batch_id, lines, spec, now)
     gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
     decision = machine.task_start(gathered.facts, now)
-    if decision.start.run is Run.SKIP and f["ahead_id"] is not None:
+    if decision.start.run is Run.SKIP and f.ahead_id is not None:
         # Skip ahead wrote this task's row while Airflow scheduled it (decision 0106): decided
         # once, one row; this try stands for the row written ahead.
-        return repeat_txn(cat, conn, int(f["ahead_id"]), batch_id, lines, spec, now)
+        return repeat_txn(cat, conn, int(f.ahead_id), batch_id, lines, spec, now)
     started = _write_start_txn(cat, conn, spec, gathered, decision, lines, now)
     if first and gathered.lineage_id != batch_id:
         # This start found its run without a batch, and the batch resumes an older lineage:
@@ -97,11 +94,11 @@ def decide_start_txn(
     written: skip ahead (:mod:`.skip_ahead`) decides other tasks of the run with the same rule
     as their own gates. None when the run has no batch yet or the try already has a row.
     Settles what a start settles before deciding (a task package registered)."""
-    rows = conn.execute(task_facts_query(cat), task_facts_params(spec)).all()
+    rows = task_facts(cat).rows(conn, task_facts_params(spec))
     if not rows or rows[0].x_id is not None:
         return None
-    f = rows[0]._mapping
-    batch_status = parse_status(f["b_status"], row=cat.where(int(f["b_id"])))
+    f = rows[0]
+    batch_status = parse_status(f.b_status, row=cat.where(int(f.b_id)))
     gathered = _gather_txn(cat, conn, spec, rows, batch_status, now)
     return gathered, machine.task_start(gathered.facts, now)
 
@@ -135,9 +132,9 @@ def _gather_txn(
     """The facts of :func:`.machine.task_start` from the rows of the facts query. A closed
     batch a cleared task starts in again is reopened, and a task package seen for the first
     time registered, before the machine decides."""
-    f = rows[0]._mapping
-    batch_id = int(f["b_id"])
-    reopen = machine.batch_reopen(batch_status, bool(f["b_enabled"]), closed=f["b_end"] is not None)
+    f = rows[0]
+    batch_id = int(f.b_id)
+    reopen = machine.batch_reopen(batch_status, bool(f.b_enabled), closed=f.b_end is not None)
     if reopen is not None:
         E = cat.s.Execution
         conn.execute(
@@ -152,13 +149,13 @@ def _gather_txn(
         )
         batch_status = reopen.status
 
-    package_id = f["tp_id"]
-    package_enabled = bool(f["tp_enabled"]) if package_id is not None else True
-    if package_id is None:
-        package_id = ensure_package_txn(
-            cat, conn, spec.batch.dag_id, spec.task_id, parent_id=f["b_package"]
+    package_id = f.tp_id
+    package_enabled = bool(f.tp_enabled) if package_id is not None else True
+    if package_id is None:  # a task seen for the first time: registered (decision 0108)
+        package_id = register_package_txn(
+            cat, conn, package_facts(f), spec.batch.dag_id, spec.task_id, parent_id=f.b_package
         ).PackageID
-    lineage_id = int(f["b_lineage"])
+    lineage_id = int(f.b_lineage)
 
     # One process-table lookup per owner (DESIGN.md §5: a dead owner's lease is not live).
     dead = {r.a_owner: owner_known_dead(r.a_owner) for r in rows if r.a_id is not None}
@@ -180,23 +177,23 @@ def _gather_txn(
         if r.a_id is not None
     )
     prior = None
-    if f["p_id"] is not None:
-        where_p = cat.where(f["p_id"])
+    if f.p_id is not None:
+        where_p = cat.where(f.p_id)
         prior = machine.PriorExecution(
-            execution_id=int(f["p_id"]),
-            status=parse_status(f["p_status"], row=where_p),
-            next_load_status=parse_next_load_status(f["p_nls"], row=where_p),
-            audit_id=f["p_audit"],
-            original_execution_id=f["p_original"],
-            attempt_number=int(f["p_attempt"] or 1),
-            operator_fingerprint=f["p_opfp"],
+            execution_id=int(f.p_id),
+            status=parse_status(f.p_status, row=where_p),
+            next_load_status=parse_next_load_status(f.p_nls, row=where_p),
+            audit_id=f.p_audit,
+            original_execution_id=f.p_original,
+            attempt_number=int(f.p_attempt or 1),
+            operator_fingerprint=f.p_opfp,
         )
     return _Gathered(
         batch_id=batch_id,
         lineage_id=lineage_id,
         package_id=int(package_id),
-        lineage_first=None if f["first_id"] is None else int(f["first_id"]),
-        next_id=None if f["next_id"] is None else int(f["next_id"]),
+        lineage_first=None if f.first_id is None else int(f.first_id),
+        next_id=None if f.next_id is None else int(f.next_id),
         facts=machine.TaskStartFacts(
             batch_skips_all=batch_status is ExecutionStatus.SKIPPED,
             package_enabled=package_enabled,
@@ -206,8 +203,8 @@ def _gather_txn(
             policy=spec.policy,
             decides_shape=spec.decides_shape,
             landed=None
-            if f["l_writer"] is None
-            else machine.LandedCopy(int(f["l_writer"]), f["l_audit"], f["l_opfp"]),
+            if f.l_writer is None
+            else machine.LandedCopy(int(f.l_writer), f.l_audit, f.l_opfp),
         ),
     )
 
@@ -376,7 +373,8 @@ def end_task_txn(
     """Record how one try ended (idempotent: a second call for an ended row changes nothing)."""
     now = cat.clock()
     E = cat.s.Execution
-    row = conn.execute(task_end_facts_query(cat), {"p_execution_id": execution_id}).first()
+    found = task_end_facts(cat).rows(conn, {"p_execution_id": execution_id})
+    row = found[0] if found else None
     if row is None:
         raise CatalogStateError(
             f"cannot end execution {execution_id}: no such task execution in {cat.s.qualified(E)}"
@@ -402,9 +400,8 @@ def end_task_txn(
             changed=False,
         )
     # The writes of a task end read nothing back: they travel with the COMMIT (0101).
-    write(
+    _end_update(cat).write(
         conn,
-        _end_update(cat),
         {
             "p_execution_id": execution_id,
             "p_status": end.status.value,
@@ -413,9 +410,8 @@ def end_task_txn(
         },
     )
     if end.record_error:
-        write(
+        _insert_error(cat).write(
             conn,
-            cat.memo("insert_error", lambda: insert(cat.s.ExecutionError).inline()),
             {
                 "ExecutionID": execution_id,
                 "ErrorType": (error_type or "")[:255] or None,
@@ -429,8 +425,18 @@ def end_task_txn(
     return TaskEnded(execution_id, end.status, end.next_load_status, True, end.fail_batch)
 
 
-def _end_update(cat: Catalog) -> Any:
-    """A task end's UPDATE of its row, built once per store (as the facts queries are)."""
+_ERROR_KEYS = ("ExecutionID", "ErrorType", "ErrorMessage", "ErrorDetail", "CreatedAt")
+
+
+def _insert_error(cat: Catalog) -> CompiledStatement:
+    """A failed try's ExecutionError INSERT, compiled once per store (decision 0108)."""
+    return compiled(
+        cat, "insert_error", lambda: insert(cat.s.ExecutionError), column_keys=_ERROR_KEYS
+    )
+
+
+def _end_update(cat: Catalog) -> CompiledStatement:
+    """A task end's UPDATE of its row, compiled once per store (as the facts queries are)."""
 
     def build() -> Any:
         E = cat.s.Execution
@@ -446,4 +452,4 @@ def _end_update(cat: Catalog) -> Any:
             )
         )
 
-    return cat.memo("task_end_update", build)
+    return compiled(cat, "task_end_update", build)

@@ -291,3 +291,32 @@ def _try_number(store: CatalogStore, execution_id: int) -> int:
         return int(
             conn.execute(select(E.c.TryNumber).where(E.c.ExecutionID == execution_id)).scalar_one()
         )
+
+
+def test_a_new_dags_first_task_is_four_round_trips(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A DAG seen for the first time (decision 0108): the batch-start facts read also says
+    that its package is missing and takes its id, the task facts the same of the task's
+    package; both packages are INSERTs queued in front of the next statement. The same four
+    round trips as any run's first task (was 13)."""
+    store, proxy = wired
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(BatchSpec("new_dag", "run-0"), "load"))
+    sent = list(proxy.queries)
+
+    assert len(sent) == 4, sent
+    assert sent[0].startswith("BEGIN;") and "bfx_task_facts_" in sent[0], sent[0]
+    assert "bfx_batch_facts_1_" in sent[1], sent[1]
+    package, batch, facts = sent[2].split(";\n", 2)
+    assert package.startswith("INSERT INTO bfx.package "), sent[2]
+    assert batch.startswith("INSERT INTO bfx.execution "), sent[2]
+    assert "EXECUTE bfx_task_facts_" in facts, sent[2]
+    package, task, commit = sent[3].split(";\n", 2)
+    assert package.startswith("INSERT INTO bfx.package "), sent[3]
+    assert task.startswith("INSERT INTO bfx.execution "), sent[3]
+    assert commit.strip() == "COMMIT;" or commit.strip() == "COMMIT", sent[3]
+
+    rows = {r.ExecutionID: r for r in store.executions("new_dag", "run-0")}
+    assert rows[started.execution_id].PackageID == started.package_id
+    assert rows[started.batch_execution_id].ExecutionStatus == "E"
