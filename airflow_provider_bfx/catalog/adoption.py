@@ -29,7 +29,7 @@ def runs_awaiting_evidence_txn(
     by the task start that created it), and no later decision of this run reads the older
     lineage's rows. Without this, every task start of every fresh run asked Airflow again about
     the previous, cleanly closed run (one execution-API call per task, issue 12)."""
-    fetched = conn.execute(_batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
+    fetched = conn.execute(batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
     rows = [r for r in fetched if r.RunId != run_id][:limit]
     own = next((r for r in fetched if r.RunId == run_id), None)
     if (
@@ -58,10 +58,10 @@ def runs_awaiting_evidence_txn(
     return out
 
 
-def _batches_query(cat: Catalog, limit: int) -> Select[Any]:
+def batches_query(cat: Catalog, limit: int) -> Select[Any]:
     """The DAG ``p_dag``'s newest ``limit`` batch rows, with whether each has an active task
     row. Built once per store: building it (an alias of the wide Execution table) cost more
-    than running it, on every task start (issue 12)."""
+    than running it, on every task start (issue 12); :mod:`.warm` builds it before a fork."""
 
     def build() -> Select[Any]:
         E = cat.s.Execution

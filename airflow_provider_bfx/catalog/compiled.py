@@ -212,9 +212,9 @@ def compiled(
     *,
     column_keys: Sequence[str] | None = None,
 ) -> CompiledStatement:
-    """The statement ``build()`` makes, compiled once per catalog (``cat.memo``) for its
+    """The statement ``build()`` makes, compiled once per catalog (``cat.own``) for its
     engine's dialect."""
-    return cat.memo(  # type: ignore[no-any-return]
+    return cat.own(  # type: ignore[no-any-return]
         name,
         lambda: CompiledStatement(build(), cat.engine.dialect, column_keys=column_keys),
     )

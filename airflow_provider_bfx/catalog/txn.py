@@ -26,6 +26,18 @@ from airflow_provider_bfx.catalog.schema import CatalogSchema, build_schema
 
 T = TypeVar("T")
 
+#: Per dialect name: the catalog schema and the statements built from it, shared by every
+#: catalog of that dialect in this process. Building them costs more than running them (tens of
+#: milliseconds per task process); a child forked after :mod:`.warm` built them inherits them.
+_BUILT: dict[str, tuple[CatalogSchema, dict[str, Any]]] = {}
+
+
+def _built(dialect: str) -> tuple[CatalogSchema, dict[str, Any]]:
+    found = _BUILT.get(dialect)
+    if found is None:
+        found = _BUILT.setdefault(dialect, (build_schema(dialect), {}))
+    return found
+
 
 def utcnow() -> datetime:
     """Naive UTC: the catalog stores UTC without a zone on every engine."""
@@ -46,18 +58,29 @@ class Catalog:
     ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self.s: CatalogSchema = build_schema(self.dialect)
+        self.s: CatalogSchema
+        self.s, self._queries = _built(self.dialect)
         self.impl: CatalogDialect = dialect_for(self.dialect, self.s)
         self.clock = clock
         self.retry_seconds = retry_seconds
         self._schema_checked = not check_schema
-        self._queries: dict[str, Any] = {}
+        self._own: dict[str, Any] = {}
 
     def memo(self, name: str, build: Callable[[], T]) -> T:
-        """A statement built once per catalog (building some costs more than running them)."""
+        """A statement built once per dialect in this process (building some costs more than
+        running them). ``build`` may read only the schema (``self.s``) and the dialect's name:
+        the statement is shared by every catalog of this dialect (:data:`_BUILT`)."""
         if name not in self._queries:
             self._queries[name] = build()
         found: T = self._queries[name]
+        return found
+
+    def own(self, name: str, build: Callable[[], T]) -> T:
+        """What is built once per catalog because it depends on this engine (a statement
+        compiled for its dialect object, :mod:`.compiled`)."""
+        if name not in self._own:
+            self._own[name] = build()
+        found: T = self._own[name]
         return found
 
     def transaction(self, work: Callable[[Connection], T], what: str) -> T:

@@ -53,15 +53,20 @@ def _preload_task_side(argv: list[str]) -> bool:
     """In a process that forks task processes, import the modules a routed task needs (the
     gate, the task end, the catalog core and its hook) once, so that every forked task
     inherits them instead of importing them again: about a tenth of a second of CPU per task
-    (issue 12, decision 0107). Importing runs nothing: no connection, no catalog, no log line.
-    Any other process (API server, DAG processor, triggerer, the CLI) is left alone."""
+    (issue 12, decision 0107), and builds the catalog's statements for the dialects it may meet
+    (:mod:`airflow_provider_bfx.catalog.warm`, decision 0110). Neither connects to anything,
+    reads a connection or logs a line. Any other process (API server, DAG processor,
+    triggerer, the CLI) is left alone."""
     if not _forks_task_processes(argv):
         return False
     try:
         import airflow_provider_bfx.hooks.catalog  # noqa: F401
         import airflow_provider_bfx.routing.ending  # noqa: F401
         import airflow_provider_bfx.routing.gate  # noqa: F401
-    except Exception:  # never break the scheduler: the task imports them itself
+        from airflow_provider_bfx.catalog.warm import warm
+
+        warm()
+    except Exception:  # never break the scheduler: the task imports and builds them itself
         log.debug("bfx: preloading the routing modules failed", exc_info=True)
         return False
     return True

@@ -247,12 +247,15 @@ def test_only_processes_that_fork_tasks_preload_the_routing(argv: list[str], for
     code = (
         "import sys; from airflow_provider_bfx.routing import policy;"
         f" print(policy._preload_task_side({argv!r}),"
-        " 'airflow_provider_bfx.routing.gate' in sys.modules)"
+        " 'airflow_provider_bfx.routing.gate' in sys.modules,"
+        " 'airflow_provider_bfx.catalog.txn' in sys.modules"
+        " and 'sqlite' in sys.modules['airflow_provider_bfx.catalog.txn']._BUILT)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
-    assert out[-2:] == [str(forks), str(forks)]
+    # Decision 0110: and it builds the catalog's statements, which the forked tasks inherit.
+    assert out[-3:] == [str(forks), str(forks), str(forks)]
 
 
 def _steps_of(dag: Any, skipped_ids: str, own: str | None = None) -> list[tuple[str, str]]:

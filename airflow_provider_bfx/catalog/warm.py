@@ -1,0 +1,53 @@
+"""Build the catalog's statements in a process before it forks task processes. No Airflow here.
+
+A task process's first transitions used to build the catalog's schema objects and its
+statements (the facts queries select ~170 columns through aliases of the wide Execution table):
+tens of milliseconds of Python in every task process, more than all of its catalog statements
+together (issue 12, decision 0110). They depend only on the dialect's name (``Catalog.memo``),
+so a process that forks task processes (the scheduler with LocalExecutor, a Celery worker)
+builds them once for the dialects it may meet, and every forked task inherits them.
+
+Nothing here connects to a database: the engines are created for their dialect only and
+disposed unused. What depends on a real engine (statements compiled for its dialect object)
+is still built in the task process.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine
+
+from airflow_provider_bfx.catalog import adoption, facts, upstreams
+from airflow_provider_bfx.catalog.txn import Catalog
+
+#: The dialects warmed, by a URL that names only the driver (never connected).
+DIALECT_URLS = {"postgresql": "postgresql+psycopg2://", "sqlite": "sqlite://"}
+
+#: ``CatalogStore.runs_awaiting_evidence``'s default (the query is built for ``limit + 1``).
+EVIDENCE_LIMIT = 5
+
+
+def build_statements(cat: Catalog) -> None:
+    """Build every statement of a task's start and end that ``cat.memo`` keeps."""
+    facts.task_facts_query(cat)
+    facts.task_end_facts_query(cat)
+    facts.batch_start_facts_query(cat, with_next_id=True)
+    facts.batch_start_facts_query(cat, with_next_id=False)
+    upstreams.latest_task_rows_query(cat)
+    adoption.batches_query(cat, EVIDENCE_LIMIT + 1)
+
+
+def warm(dialects: tuple[str, ...] = tuple(DIALECT_URLS)) -> list[str]:
+    """Build the statements of ``dialects`` in this process; the names of those built (a
+    dialect whose driver is not installed is left to the task)."""
+    done = []
+    for name in dialects:
+        try:
+            engine = create_engine(DIALECT_URLS[name])
+        except ImportError:
+            continue
+        try:
+            build_statements(Catalog(engine, check_schema=False))
+        finally:
+            engine.dispose()
+        done.append(name)
+    return done
