@@ -3,7 +3,7 @@
 
 Not a test (pytest never collects it): run it by hand, see ``benchmarks/README.md``::
 
-    .venv/bin/python benchmarks/bench_routing.py [--rounds 5] [--pg-url URL] [--output FILE]
+    .venv/bin/python benchmarks/bench_routing.py [--rounds 9] [--pg-url URL] [--output FILE]
 
 Two copies of ``example_dags/warehouse_batch.py`` sit in the dags folder of an isolated
 ``AIRFLOW_HOME`` (SQLite metadata database, migrated at the start): ``warehouse_batch`` as
@@ -12,6 +12,16 @@ the same file with another dag_id and without the tag (plain Airflow). Both are 
 ``DagBag``, so the provider's cluster policy decides exactly as in production. In one process,
 after one untimed warm-up run of each, the two are run alternately with ``dag.test()`` (no
 failure injected) for ``--rounds`` rounds; ``time.perf_counter()`` around ``dag.test()``.
+
+How it is judged (decision 0109): a run takes 5-15 s and the 2-core machine is shared, so one
+run's wall time moves by 10-25 % with the load. The two runs of a round follow each other, so
+their ratio shares most of the load; the goal is judged on the median of the rounds' ratios
+(routed/unrouted), and the ratio of the medians (the judgement before 0109) is printed beside
+it. Each run's CPU seconds (``time.process_time()``: ``dag.test()`` runs the scheduler loop, the
+tasks and the execution API in this one process) and the 1-minute load average at its start
+are printed too: the CPU ratio moves far less with other load than the wall ratio, so it tells
+a real change from noise. A full garbage collection precedes every timed run (untimed), so that
+no run pays for the garbage of the one before.
 
 Every run is checked: all 52 task instances succeeded; the routed run wrote its batch row and one
 row per task to the catalog; the unrouted run wrote no row at all (the catalog's row count is
@@ -27,6 +37,7 @@ Progress goes to stderr; the report goes to stdout (and ``--output``).
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -50,7 +61,8 @@ SOURCE_DAG = ROOT / "example_dags" / "warehouse_batch.py"
 ROUTED = "warehouse_batch"
 PLAIN = "warehouse_batch_plain"
 TASKS = 52  # 50 loads, merge, publish
-GOAL_RATIO = 1.10
+GOAL_RATIO = 1.10  # issue 12, goal 5: routed <= 1.10x unrouted
+DEFAULT_ROUNDS = 9
 
 
 def log(msg: str) -> None:
@@ -190,12 +202,17 @@ def states_of(dag_id: str, run_id: str) -> tuple[str, dict[str, str]]:
     return state, states
 
 
-def run_once(dag: Any, catalog: Catalog, routed: bool) -> float:
-    """One ``dag.test()``, timed; then the checks (not timed)."""
+def run_once(dag: Any, catalog: Catalog, routed: bool) -> tuple[float, float, float]:
+    """One ``dag.test()``, timed: (wall seconds, CPU seconds of this process, 1-minute load
+    average at its start); then the checks (not timed)."""
+    from bench_catalog import loadavg
+
     before = catalog.total_rows()
-    t0 = time.perf_counter()
+    gc.collect()
+    load = loadavg()
+    c0, t0 = time.process_time(), time.perf_counter()
     dag_run = dag.test(logical_date=next_logical_date())
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     state, states = states_of(dag.dag_id, dag_run.run_id)
     if state != "success" or len(states) != TASKS or set(states.values()) != {"success"}:
         raise AssertionError(f"{dag.dag_id} {dag_run.run_id}: {state}, {sorted(states.items())}")
@@ -212,7 +229,7 @@ def run_once(dag: Any, catalog: Catalog, routed: bool) -> float:
             raise AssertionError(f"routed run wrote {after - before} rows, {len(rows)} its own")
     elif after != before:
         raise AssertionError(f"unrouted run {dag_run.run_id} wrote {after - before} catalog rows")
-    return seconds
+    return seconds, cpu, load
 
 
 def measure(catalog: Catalog, dags: dict[str, Any], rounds: int) -> dict[str, Any]:
@@ -222,11 +239,13 @@ def measure(catalog: Catalog, dags: dict[str, Any], rounds: int) -> dict[str, An
     try:
         log(f"{catalog.kind}: warm-up (routed, then unrouted)")
         warm = {
-            "routed": run_once(dags[ROUTED], catalog, True),
-            "unrouted": run_once(dags[PLAIN], catalog, False),
+            "routed": run_once(dags[ROUTED], catalog, True)[0],
+            "unrouted": run_once(dags[PLAIN], catalog, False)[0],
         }
         rows0 = catalog.total_rows()
         times: dict[str, list[float]] = {"routed": [], "unrouted": []}
+        cpu: dict[str, list[float]] = {"routed": [], "unrouted": []}
+        loads: dict[str, list[float]] = {"routed": [], "unrouted": []}
         order: list[str] = []
         load0 = loadavg()
         for i in range(rounds):
@@ -234,7 +253,10 @@ def measure(catalog: Catalog, dags: dict[str, Any], rounds: int) -> dict[str, An
             pair = ("routed", "unrouted") if i % 2 == 0 else ("unrouted", "routed")
             for variant in pair:
                 dag = dags[ROUTED if variant == "routed" else PLAIN]
-                times[variant].append(run_once(dag, catalog, variant == "routed"))
+                seconds, cpu_seconds, load = run_once(dag, catalog, variant == "routed")
+                times[variant].append(seconds)
+                cpu[variant].append(cpu_seconds)
+                loads[variant].append(load)
             order.append(f"{pair[0][0].upper()}{pair[1][0].upper()}")
             log(
                 f"{catalog.kind}: round {i + 1}/{rounds}: routed {times['routed'][-1]:.2f} s,"
@@ -248,6 +270,8 @@ def measure(catalog: Catalog, dags: dict[str, Any], rounds: int) -> dict[str, An
         "kind": catalog.kind,
         "warm": warm,
         "times": times,
+        "cpu": cpu,
+        "loads": loads,
         "order": order,
         "load": (load0, load1),
         "rows_per_routed_run": (rows1 - rows0) / rounds,
@@ -284,7 +308,9 @@ def child(kind: str, url: str, rounds: int, log_level: str, out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed routed/unrouted pairs")
+    parser.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help="timed routed/unrouted pairs"
+    )
     parser.add_argument(
         "--pg-url",
         default=None,
@@ -355,29 +381,63 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep("  dag.test() in one process per catalog (metadata DB SQLite); one untimed warm-up run")
     rep("  of each variant; then routed and unrouted alternately (RU = routed first, UR =")
-    rep("  unrouted first); seconds = time.perf_counter() around dag.test().")
+    rep("  unrouted first); s = time.perf_counter() around dag.test(), CPU s = time.process_time()")
+    rep("  around it (this process: scheduler loop, tasks, execution API), load = 1-minute load")
+    rep("  average at the start of the run; gc.collect() before each run (untimed).")
+    rep("  Judged (decision 0109): the median of the rounds' ratios routed/unrouted (the two runs")
+    rep("  of a round share the machine's load); the ratio of the medians is printed beside it.")
     rep()
     misses: list[str] = []
     summary = []
     for r in results:
         rt, ut = r["times"]["routed"], r["times"]["unrouted"]
-        rep(f"{r['kind']} catalog: seconds per DAG run")
-        rep("-" * len(f"{r['kind']} catalog: seconds per DAG run"))
+        rc, uc = r["cpu"]["routed"], r["cpu"]["unrouted"]
+        rl, ul = r["loads"]["routed"], r["loads"]["unrouted"]
+        title = f"{r['kind']} catalog: seconds per DAG run"
+        rep(title)
+        rep("-" * len(title))
         rows = [
-            [str(i + 1), r["order"][i], f"{a:.3f}", f"{b:.3f}", f"{a / b:.3f}"]
-            for i, (a, b) in enumerate(zip(rt, ut, strict=True))
-        ]
-        rows.insert(
-            0,
             [
                 "warm-up",
                 "RU",
                 f"{r['warm']['routed']:.3f}",
                 f"{r['warm']['unrouted']:.3f}",
                 f"{r['warm']['routed'] / r['warm']['unrouted']:.3f}",
+                "",
+                "",
+                "",
+                "",
+            ]
+        ]
+        for i in range(len(rt)):
+            rows.append(
+                [
+                    str(i + 1),
+                    r["order"][i],
+                    f"{rt[i]:.3f}",
+                    f"{ut[i]:.3f}",
+                    f"{rt[i] / ut[i]:.3f}",
+                    f"{rc[i]:.3f}",
+                    f"{uc[i]:.3f}",
+                    f"{rc[i] / uc[i]:.3f}",
+                    f"{rl[i]:.2f} / {ul[i]:.2f}",
+                ]
+            )
+        rep.table(
+            [
+                "round",
+                "order",
+                "routed s",
+                "unrouted s",
+                "ratio",
+                "routed CPU s",
+                "unrouted CPU s",
+                "CPU ratio",
+                "load (routed / unrouted)",
             ],
+            rows,
+            "llrrrrrrl",
         )
-        rep.table(["round", "order", "routed", "unrouted", "routed/unrouted"], rows, "llrrr")
         rep(
             f"  load average {r['load'][0]:.2f} -> {r['load'][1]:.2f} over the timed rounds;"
             f" catalog rows per routed run: {r['rows_per_routed_run']:.0f}"
@@ -385,23 +445,33 @@ def main(argv: list[str] | None = None) -> int:
             " rows written by unrouted runs: 0 (asserted per run)"
         )
         rep()
+        ratios = [a / b for a, b in zip(rt, ut, strict=True)]
+        cpu_ratios = [a / b for a, b in zip(rc, uc, strict=True)]
+        paired = statistics.median(ratios)
         mr, mu = statistics.median(rt), statistics.median(ut)
-        ratio = mr / mu
+        of_medians = mr / mu
         per_task = (mr - mu) / TASKS * 1000
-        ok = ratio < GOAL_RATIO
+        ok = paired <= GOAL_RATIO
         if not ok:
             misses.append(
-                f"{r['kind']}: routed median {mr:.3f} s vs unrouted {mu:.3f} s"
-                f" (x{ratio:.3f}, goal < {GOAL_RATIO:.2f}x)"
+                f"{r['kind']}: median of the rounds' ratios x{paired:.3f}"
+                f" (goal <= {GOAL_RATIO:.2f}x); routed median {mr:.3f} s vs unrouted {mu:.3f} s"
+            )
+        if ok != (of_medians <= GOAL_RATIO):
+            misses.append(
+                f"{r['kind']}: NOTE the ratio of the medians (x{of_medians:.3f}) and the median"
+                f" of the ratios (x{paired:.3f}) fall on either side of {GOAL_RATIO:.2f}x:"
+                " within the noise of this run"
             )
         summary.append(
             [
                 r["kind"],
                 f"{mr:.3f}",
                 f"{mu:.3f}",
-                f"{min(rt):.3f}",
-                f"{min(ut):.3f}",
-                f"{ratio:.3f}",
+                f"{of_medians:.3f}",
+                f"{paired:.3f}",
+                f"{min(ratios):.3f}-{max(ratios):.3f}",
+                f"{statistics.median(cpu_ratios):.3f}",
                 f"{per_task:.1f}",
                 verdict(ok),
             ]
@@ -413,22 +483,23 @@ def main(argv: list[str] | None = None) -> int:
             "catalog",
             "routed median s",
             "unrouted median s",
-            "routed min s",
-            "unrouted min s",
-            "ratio (medians)",
+            "ratio of medians",
+            "median of ratios",
+            "ratios (min-max)",
+            "median CPU ratio",
             f"overhead ms/task (/{TASKS})",
-            f"goal < {GOAL_RATIO:.2f}x",
+            f"goal <= {GOAL_RATIO:.2f}x",
         ],
         summary,
-        "lrrrrrrr",
+        "lrrrrrrrr",
     )
     rep()
     rep("Goals")
     rep("-----")
-    if not misses:
+    if not [m for m in misses if "NOTE" not in m]:
         rep("  every goal met")
     for miss in misses:
-        rep(f"  MISS  {miss}")
+        rep(f"  {'MISS  ' if 'NOTE' not in miss else ''}{miss}")
     rep()
     rep(f"Total run time: {time.perf_counter() - began:.0f} s")
     if args.output:

@@ -1,10 +1,13 @@
-"""The lease keeper: a daemon thread that renews a running execution's lease (DESIGN.md §5)."""
+"""The lease keeper: one daemon thread per process renews every running execution's lease
+(DESIGN.md §5, decision 0109)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -62,7 +65,7 @@ def test_a_renewed_lease_outlives_its_duration(store: CatalogStore) -> None:
         assert now.LeaseExpiresAt > first + timedelta(seconds=1)
     finally:
         keeper.stop()
-    assert wait_until(lambda: not keeper._thread.is_alive(), 3.0)
+    assert wait_until(lambda: not keeper.renewing, 3.0)
 
 
 def test_without_renewal_the_lease_lapses_and_the_scan_aborts_it(store: CatalogStore) -> None:
@@ -86,7 +89,7 @@ def test_a_keeper_whose_row_was_aborted_says_so_and_stops(
     assert [e.execution_id for e in later.expire_leases()] == [execution_id]
     keeper = LeaseKeeper(store, execution_id, OWNER, 1.0).start()
     try:
-        assert wait_until(lambda: not keeper._thread.is_alive(), 5.0), "keeper still renewing"
+        assert wait_until(lambda: not keeper.renewing, 5.0), "keeper still renewing"
     finally:
         keeper.stop()
     (line,) = [r.getMessage() for r in caplog.records if "no longer active" in r.getMessage()]
@@ -119,3 +122,61 @@ def test_the_keeper_never_keeps_a_finished_process_alive(sqlite_url: str, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "started" in done.stdout
     assert time.monotonic() - t0 < 20  # far less than the 20 s renewal interval
+
+
+def start_task(store: CatalogStore, task_id: str, seconds: float) -> int:
+    spec = TaskSpec(
+        BatchSpec("lease_dag", "run-1"), task_id, lease_owner=OWNER, lease_seconds=seconds
+    )
+    return store.start_task(spec).execution_id
+
+
+def renewal_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("bfx-lease")]
+
+
+def test_the_tries_of_one_process_share_one_renewal_thread(store: CatalogStore) -> None:
+    """``dags test`` runs every try in one process: one thread renews all their leases, and a
+    keeper's start and stop neither start nor join a thread of its own (decision 0109)."""
+    ids = [start_task(store, f"t{i}", 1.0) for i in range(3)]
+    first = {eid: row(store, eid).LeaseExpiresAt for eid in ids}
+    keepers = [LeaseKeeper(store, eid, OWNER, 1.0).start() for eid in ids]
+    try:
+        assert renewal_threads() == ["bfx-lease-renewer"]
+        assert all(k.running for k in keepers)
+        keepers[0].stop()  # one try ends; the others go on being renewed
+        time.sleep(2.5)  # 2.5 lease durations
+        assert [e.execution_id for e in store.expire_leases()] == [ids[0]]
+        for eid in ids[1:]:
+            assert row(store, eid).LeaseExpiresAt > first[eid] + timedelta(seconds=1)
+        assert renewal_threads() == ["bfx-lease-renewer"]
+    finally:
+        for keeper in keepers:
+            keeper.stop()
+    assert not any(k.renewing or k.running for k in keepers)
+
+
+def test_a_forked_child_renews_its_own_leases(store: CatalogStore, catalog_url: str) -> None:
+    """The parent's renewal thread does not exist in a forked child (a LocalExecutor worker or
+    a task process forked after a keeper ran): the child's first keeper starts its own."""
+    parent = LeaseKeeper(store, start_task(store, "parent", 60), OWNER, 60).start()
+    child_id = start_task(store, "child", 1.0)
+    first = row(store, child_id).LeaseExpiresAt
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its own engine, one keeper, 2.5 lease durations
+            code = 1
+            try:
+                engine = create_catalog_engine(catalog_url)
+                keeper = LeaseKeeper(CatalogStore(engine), child_id, OWNER, 1.0).start()
+                time.sleep(2.5)
+                code = 0 if keeper.running and renewal_threads() == ["bfx-lease-renewer"] else 2
+                keeper.stop()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert row(store, child_id).LeaseExpiresAt > first + timedelta(seconds=1)
+        assert parent.running
+    finally:
+        parent.stop()

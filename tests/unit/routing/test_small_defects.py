@@ -169,7 +169,7 @@ def test_stopping_the_lease_keeper_leaves_no_renewal_after_stop_returns(
         assert wait_until(lambda: lock.renewal_waiting(store), 10.0), "no renewal in flight"
         threading.Timer(0.5, lock.release).start()  # the lock goes away while stop() runs
         keeper.stop()
-        in_flight = keeper._thread.is_alive()  # first: a read could wait on the lock itself
+        in_flight = keeper.renewing  # first: a read could wait on the lock itself
         assert not in_flight, "stop() returned with a renewal still in flight"
         stopped_at = lease_expires_at(store, execution_id)
     finally:
