@@ -170,6 +170,19 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "False",
                         "default": "True",
                     },
+                    "recovery_link": {
+                        "description": (
+                            'Add the operator extra link "Recovery" (the task\'s recovery '
+                            "view) to every routed task. Airflow 3 computes an operator's links "
+                            "when each try ends and stores each as an XCom, so the link costs "
+                            "one XCom write per try. False: no link (the Recovery tab of the "
+                            "task instance and the other views stay).\n"
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
                 },
             }
         },

@@ -23,6 +23,10 @@ are printed too: the CPU ratio moves far less with other load than the wall rati
 a real change from noise. A full garbage collection precedes every timed run (untimed), so that
 no run pays for the garbage of the one before.
 
+Then (unless ``--no-link-variant``) the same measurement again with ``[bfx] recovery_link =
+False`` (decision 0112): the routing without the operator extra link "Recovery", which Airflow 3
+stores as one XCom per try. It shows what the link costs; the goal is judged on the defaults.
+
 Every run is checked: all 52 task instances succeeded; the routed run wrote its batch row and one
 row per task to the catalog; the unrouted run wrote no row at all (the catalog's row count is
 unchanged).
@@ -279,12 +283,15 @@ def measure(catalog: Catalog, dags: dict[str, Any], rounds: int) -> dict[str, An
     }
 
 
-def child(kind: str, url: str, rounds: int, log_level: str, out: Path) -> int:
+def child(kind: str, url: str, rounds: int, log_level: str, out: Path, link: bool) -> int:
     """Measure one catalog in this process (a fresh one per catalog: Airflow caches a
-    connection it did not find, so the embedded catalog and a defined one cannot share it)."""
+    connection it did not find, so the embedded catalog and a defined one cannot share it).
+    ``link`` False: with ``[bfx] recovery_link = False`` (decision 0112)."""
     root = Path(tempfile.mkdtemp(prefix="bfx-bench-routing-"))
     try:
         dags_folder = setup_airflow_home(root, log_level)
+        if not link:
+            os.environ["AIRFLOW__BFX__RECOVERY_LINK"] = "False"
         log(f"{kind}: migrating the Airflow metadata database (SQLite)")
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils import db
@@ -298,9 +305,16 @@ def child(kind: str, url: str, rounds: int, log_level: str, out: Path) -> int:
 
         if not is_routed(dags[ROUTED]) or is_routed(dags[PLAIN]):
             raise SystemExit("the routed copy must be routed and the plain copy not")
+        from airflow_provider_bfx.plugins.links import RecoveryLink
+
+        links = sum(
+            isinstance(x, RecoveryLink) for t in dags[ROUTED].tasks for x in t.operator_extra_links
+        )
+        if links != (TASKS if link else 0):
+            raise SystemExit(f"{links} Recovery links on the routed copy (link={link})")
         if kind == "sqlite":
             url = f"sqlite:///{root / 'bfx_catalog.db'}"
-        out.write_text(json.dumps(measure(Catalog(kind, url), dags, rounds)))
+        out.write_text(json.dumps({**measure(Catalog(kind, url), dags, rounds), "link": link}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
@@ -322,14 +336,21 @@ def main(argv: list[str] | None = None) -> int:
         default="WARNING",
         help="Airflow's [logging] logging_level during the runs (default WARNING)",
     )
+    parser.add_argument(
+        "--no-link-variant",
+        action="store_true",
+        help="skip the second measurement with [bfx] recovery_link = False",
+    )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("KIND", "JSON", "LINK"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.child:
-        kind, out = args.child
-        return child(kind, args.pg_url or "", args.rounds, args.log_level, Path(out))
+        kind, out, link = args.child
+        return child(kind, args.pg_url or "", args.rounds, args.log_level, Path(out), link == "on")
 
     began = time.perf_counter()
     from bench_catalog import Report, loadavg, machine_facts, verdict
@@ -338,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="bfx-bench-routing-") as tmp:
-        for kind in kinds:
-            out = Path(tmp) / f"{kind}.json"
-            cmd = [sys.executable, __file__, "--child", kind, str(out)]
+        variants = [(k, "on") for k in kinds]
+        if not args.no_link_variant:
+            variants += [(k, "off") for k in kinds]
+        for kind, link in variants:
+            out = Path(tmp) / f"{kind}-{link}.json"
+            cmd = [sys.executable, __file__, "--child", kind, str(out), link]
             cmd += ["--rounds", str(args.rounds), "--log-level", args.log_level]
             if args.pg_url:
                 cmd += ["--pg-url", args.pg_url]
@@ -386,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     rep("  average at the start of the run; gc.collect() before each run (untimed).")
     rep("  Judged (decision 0109): the median of the rounds' ratios routed/unrouted (the two runs")
     rep("  of a round share the machine's load); the ratio of the medians is printed beside it.")
+    if not args.no_link_variant:
+        rep("  Then the same again with [bfx] recovery_link = False (decision 0112): no operator")
+        rep('  extra link "Recovery", so no XCom per try for it; shown for what the link costs,')
+        rep("  not judged (the goal is on the default settings).")
     rep()
     misses: list[str] = []
     summary = []
@@ -393,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         rt, ut = r["times"]["routed"], r["times"]["unrouted"]
         rc, uc = r["cpu"]["routed"], r["cpu"]["unrouted"]
         rl, ul = r["loads"]["routed"], r["loads"]["unrouted"]
-        title = f"{r['kind']} catalog: seconds per DAG run"
+        name = r["kind"] if r["link"] else f"{r['kind']}, recovery_link = False"
+        title = f"{name} catalog: seconds per DAG run"
         rep(title)
         rep("-" * len(title))
         rows = [
@@ -452,12 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         of_medians = mr / mu
         per_task = (mr - mu) / TASKS * 1000
         ok = paired <= GOAL_RATIO
-        if not ok:
+        if not r["link"]:
+            pass  # not judged: what the default's figure would be without the link
+        elif not ok:
             misses.append(
                 f"{r['kind']}: median of the rounds' ratios x{paired:.3f}"
                 f" (goal <= {GOAL_RATIO:.2f}x); routed median {mr:.3f} s vs unrouted {mu:.3f} s"
             )
-        if ok != (of_medians <= GOAL_RATIO):
+        if r["link"] and ok != (of_medians <= GOAL_RATIO):
             misses.append(
                 f"{r['kind']}: NOTE the ratio of the medians (x{of_medians:.3f}) and the median"
                 f" of the ratios (x{paired:.3f}) fall on either side of {GOAL_RATIO:.2f}x:"
@@ -465,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         summary.append(
             [
-                r["kind"],
+                name,
                 f"{mr:.3f}",
                 f"{mu:.3f}",
                 f"{of_medians:.3f}",
@@ -473,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{min(ratios):.3f}-{max(ratios):.3f}",
                 f"{statistics.median(cpu_ratios):.3f}",
                 f"{per_task:.1f}",
-                verdict(ok),
+                verdict(ok) if r["link"] else f"({verdict(ok)}, not judged)",
             ]
         )
     rep("Medians")

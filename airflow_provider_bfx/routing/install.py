@@ -11,7 +11,8 @@ What it changes on each task:
   source text: the functions installed there are the stable trampolines of
   :mod:`airflow_provider_bfx.callbacks` (decision 0041);
 * the four callbacks, appended; on the DAG, the two DAG callbacks that close its batches;
-* ``operator_extra_links``: "Recovery" appended (the task's recovery view, decision 0097);
+* ``operator_extra_links``: "Recovery" appended (the task's recovery view, decision 0097),
+  unless ``[bfx] recovery_link`` is off (decision 0112);
 * ``trigger_rule``: the default ``all_success`` becomes ``none_failed`` (a task downstream of a
   skipped-as-completed task must run); the gate restores ``all_success`` for the others. Which
   tasks were converted is remembered here, per (dag_id, task_id), for the gate of this process;
@@ -114,8 +115,9 @@ def _gated_execute(original: Callable[..., Any]) -> Callable[..., Any]:
 # -- one task, one DAG ------------------------------------------------------------------------
 
 
-def route_task(task: Any, dag_id: str) -> None:
-    """Install the gate, the recorder and the callbacks on ``task`` (idempotent)."""
+def route_task(task: Any, dag_id: str, *, link: bool | None = None) -> None:
+    """Install the gate, the recorder and the callbacks on ``task`` (idempotent). ``link``:
+    whether to add the "Recovery" link (None: as ``[bfx] recovery_link`` says)."""
     if is_mapped(task):
         partial = task.partial_kwargs
         partial["pre_execute"] = _hooked(partial.get("pre_execute"), bfx_pre_execute, _chain_pre)
@@ -131,12 +133,25 @@ def route_task(task: Any, dag_id: str) -> None:
         updated = _with_callback(getattr(task, attr, None), callback)
         if updated is not None:
             setattr(task, attr, updated)
-    _add_recovery_link(task)
+    if _link_wanted() if link is None else link:
+        _add_recovery_link(task)
     if str(getattr(task.trigger_rule, "value", task.trigger_rule)) == ALL_SUCCESS:
         from airflow.sdk import TriggerRule
 
         task.trigger_rule = TriggerRule.NONE_FAILED
         mark_converted(dag_id, task.task_id)
+
+
+def _link_wanted() -> bool:
+    """``[bfx] recovery_link``. A value that is not a boolean keeps the link (the default) and
+    is logged here; the gate fails the task on it before any work, naming the option."""
+    from airflow_provider_bfx.routing.settings import BfxSettingsError, recovery_link
+
+    try:
+        return recovery_link()
+    except BfxSettingsError as exc:
+        log.error("bfx: %s; the Recovery link is kept", exc)
+        return True
 
 
 def _add_recovery_link(task: Any) -> None:
@@ -150,8 +165,9 @@ def _add_recovery_link(task: Any) -> None:
 
 def route_tasks(dag: Any) -> None:
     """Route every task of ``dag``, and append the DAG callbacks that close its batches."""
+    link = _link_wanted()
     for task in dag.tasks:
-        route_task(task, dag.dag_id)
+        route_task(task, dag.dag_id, link=link)
     for attr, callback in DAG_CALLBACKS:
         updated = _with_callback(getattr(dag, attr, None), callback)
         if updated is not None:

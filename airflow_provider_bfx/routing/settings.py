@@ -76,6 +76,9 @@ class BfxSettings:
     #: ``[bfx] skip_ahead``: a resumed run skips its completed tasks without a task process
     #: each (decision 0106); off, each of them starts and skips itself.
     skip_ahead: bool = True
+    #: ``[bfx] recovery_link``: the operator extra link "Recovery" on every routed task
+    #: (decision 0112); off, no link, and no XCom pushed for it at the end of each try.
+    recovery_link: bool = True
 
 
 def airflow_conf() -> Any:
@@ -146,6 +149,12 @@ def route_all_dags() -> bool:
     return _bool("route_all_dags", _raw("route_all_dags", "False"))
 
 
+def recovery_link() -> bool:
+    """``[bfx] recovery_link``, read on its own: the routing installs the link at parse time,
+    where nothing else of the section is needed."""
+    return _bool("recovery_link", _raw("recovery_link", "True"))
+
+
 _loaded: dict[tuple[tuple[str, str], ...], BfxSettings] = {}
 
 
@@ -192,6 +201,7 @@ def _read_settings() -> BfxSettings:
             "max_resume_age", _raw("max_resume_age", ""), allow_empty=True, minimum=0
         ),
         skip_ahead=_bool("skip_ahead", _raw("skip_ahead", "True")),
+        recovery_link=recovery_link(),
     )
 
 

@@ -23,6 +23,7 @@ EXPECTED_DEFAULTS = {
     "retry_limit": "3",
     "max_resume_age": "",
     "skip_ahead": "True",
+    "recovery_link": "True",
 }
 
 

@@ -1,0 +1,94 @@
+"""``[bfx] recovery_link`` (decision 0112): the "Recovery" operator extra link, and its XCom.
+
+Airflow 3 computes an operator's links in the task process when a try ends and stores each one
+as an XCom (``_link_RecoveryLink``); the API server only reads it back. The link is on by
+default; off, the routing installs no link, so no try writes that XCom, and nothing else of the
+routing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Catalog, load_dag, run_dag
+
+from airflow_provider_bfx.callbacks import bfx_pre_execute
+from airflow_provider_bfx.plugins.links import RecoveryLink
+from airflow_provider_bfx.routing.install import route_tasks
+from airflow_provider_bfx.routing.settings import BfxSettingsError, load_settings
+
+pytestmark = pytest.mark.slow
+
+LINK_KEY = "_link_RecoveryLink"
+
+
+def links_of(task: Any) -> list[Any]:
+    return [link for link in task.operator_extra_links if isinstance(link, RecoveryLink)]
+
+
+def xcom_keys(dag_id: str, run_id: str) -> set[tuple[str, str]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.task_id, XComModel.key).where(
+                XComModel.dag_id == dag_id, XComModel.run_id == run_id
+            )
+        ).all()
+    return {(r.task_id, r.key) for r in rows}
+
+
+def test_the_link_is_on_by_default_and_each_try_stores_it(catalog: Catalog) -> None:
+    dag = load_dag("bfx_e2e_tiny")
+    for task in dag.tasks:
+        assert len(links_of(task)) == 1, task.task_id
+    run = run_dag("bfx_e2e_tiny")
+    assert run.state == "success"
+    assert {("work", LINK_KEY), ("after", LINK_KEY)} <= xcom_keys("bfx_e2e_tiny", run.run_id)
+
+
+def test_recovery_link_false_installs_no_link_and_no_try_stores_one(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__BFX__RECOVERY_LINK", "False")
+    dag = load_dag("bfx_e2e_tiny")
+    for task in dag.tasks:
+        assert links_of(task) == [], task.task_id
+        assert task._pre_execute_hook is bfx_pre_execute  # the rest of the routing is there
+    run = run_dag("bfx_e2e_tiny")
+    assert run.state == "success"
+    keys = xcom_keys("bfx_e2e_tiny", run.run_id)
+    assert ("work", "return_value") in keys
+    assert not {k for k in keys if k[1] == LINK_KEY}
+    assert [r.TaskId for r in catalog.rows("bfx_e2e_tiny", run.run_id) if r.TaskId] == [
+        "work",
+        "after",
+    ]
+
+
+def test_a_recovery_link_value_that_is_not_a_boolean_keeps_the_link_and_fails_the_task(
+    catalog: Catalog,
+    copies_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__BFX__RECOVERY_LINK", "sometimes")
+    with pytest.raises(BfxSettingsError, match=r"\[bfx\] recovery_link = 'sometimes'"):
+        load_settings()
+    with caplog.at_level(logging.ERROR, logger="airflow_provider_bfx.routing"):
+        dag = load_dag("bfx_e2e_tiny")
+        route_tasks(dag)  # idempotent: still one link
+    assert all(len(links_of(task)) == 1 for task in dag.tasks)
+    assert "recovery_link = 'sometimes' is not a boolean; the Recovery link is kept" in caplog.text
+    run = run_dag("bfx_e2e_tiny")
+    assert run.state == "failed"
+    assert run.state_of("work") == "failed"
+    # Failed by its gate (load_settings, above) before any work; nothing written anywhere.
+    assert not (copies_dir / "executions").exists()
+    if catalog.kind == "postgresql":
+        assert catalog.rows("bfx_e2e_tiny", run.run_id) == []
