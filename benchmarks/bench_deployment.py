@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -63,6 +64,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -204,10 +206,39 @@ class Sample:
     states: dict[str, int]
     cpu: dict[str, float] = field(default_factory=dict)
     load: tuple[float, float] = (float("nan"), float("nan"))
+    #: XCom writes of this run the API server finished in the window, and their summed
+    #: request time in seconds (its access log: ``duration_us``).
+    xcom_writes: int = 0
+    xcom_seconds: float = 0.0
 
     @property
     def timed(self) -> bool:
         return self.kind in KINDS
+
+
+_ACCESS = re.compile(
+    r"^(?P<ts>\S+Z) .*request finished.*duration_us=(?P<us>\d+).*"
+    r"method=POST path=/execution/xcoms/(?P<dag>[^/\s]+)/(?P<run>[^/\s]+)/"
+)
+
+
+def xcom_writes(log_path: Path, dag_id: str, run_id: str, since: datetime) -> tuple[int, float]:
+    """The XCom writes (``POST /execution/xcoms/<dag>/<run>/...``) of one run that the API
+    server finished after ``since``, and their summed request time in seconds, read from its
+    access log. Every XCom a task writes (its return value, each key of a ``multiple_outputs``
+    task, each operator extra link) and each output skip ahead replays is one such request."""
+    count, seconds = 0, 0.0
+    quoted = quote(run_id, safe="")
+    with open(log_path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            m = _ACCESS.match(line)
+            if m is None or m["dag"] != dag_id or m["run"] not in (run_id, quoted):
+                continue
+            when = datetime.fromisoformat(m["ts"].replace("Z", "+00:00"))
+            if when >= since:
+                count += 1
+                seconds += int(m["us"]) / 1e6
+    return count, seconds
 
 
 class Bench:
@@ -240,6 +271,9 @@ class Bench:
                 )
             time.sleep(POLL_SECONDS)
         cpu1, load1 = self.meter.sample(), loadavg()
+        writes, write_seconds = xcom_writes(
+            self.deployment.log_path("api-server"), dag_id, run_id, since
+        )
         tis = self.api.task_instances(dag_id, run_id)
         starts = [parse_time(ti.get("start_date")) for ti in tis if ti.get("hostname")]
         processes = sum(1 for start in starts if start is not None and start >= since)
@@ -254,12 +288,15 @@ class Bench:
             states=dict(Counter(str(ti.get("state")) for ti in tis)),
             cpu={k: cpu1[k] - cpu0[k] for k in cpu0},
             load=(load0, load1),
+            xcom_writes=writes,
+            xcom_seconds=write_seconds,
         )
         self.samples.append(sample)
         log(
             f"round {rnd}: {kind:<15} {sample.seconds:7.2f} s  {sample.state:<7}"
             f" processes={processes}  states={sample.states}"
             f"  cpu deployment={sample.cpu['deployment']:.1f} s"
+            f"  xcom writes={writes} ({write_seconds:.1f} s in the api-server)"
         )
         return sample
 
@@ -487,6 +524,8 @@ def report(
                 fmt(s.cpu.get("deployment", float("nan"))),
                 fmt(s.cpu.get("pg", float("nan"))),
                 fmt(s.cpu.get("machine", float("nan"))),
+                str(s.xcom_writes),
+                f"{s.xcom_seconds:.2f}",
                 f"{s.load[0]:.2f} -> {s.load[1]:.2f}",
             ]
         )
@@ -500,10 +539,16 @@ def report(
             "CPU s deploy",
             "CPU s PG",
             "CPU s machine",
+            "XCom writes",
+            "their api s",
             "load 1m",
         ],
         rows,
-        "lllrrrrrl",
+        "lllrrrrrrrl",
+    )
+    rep(
+        "  XCom writes: POST /execution/xcoms/<dag>/<run>/... of the run that the api-server"
+        " finished in the window (its access log); their api s: the sum of their request times"
     )
     rep(
         "  task procs: task instances of the run started within the window (start_date) in a"
@@ -547,6 +592,8 @@ def report(
                 fmt(median_of(samples, k, lambda s: s.cpu["deployment"])),
                 fmt(median_of(samples, k, lambda s: s.cpu["pg"])),
                 fmt(median_of(samples, k, lambda s: s.cpu["machine"])),
+                fmt(median_of(samples, k, lambda s: s.xcom_writes), 0),
+                fmt(median_of(samples, k, lambda s: s.xcom_seconds), 2),
             ]
         )
     rep.table(
@@ -559,9 +606,11 @@ def report(
             "CPU s deploy",
             "CPU s PG",
             "CPU s machine",
+            "XCom writes",
+            "their api s",
         ],
         rows,
-        "lrrlrrrr",
+        "lrrlrrrrrr",
     )
     rep()
     rep("Deployment CPU seconds by component (medians)")
@@ -615,6 +664,15 @@ def report(
         f"  task processes: routed resumed {resumed_procs:.0f} (the finished loads Airflow had"
         f" not scheduled yet are skipped ahead, with no process: decision 0106),"
         f" plain clear {clear_procs:.0f}"
+    )
+    writes = median_of(samples, "routed_resumed", lambda s: s.xcom_writes)
+    write_s = median_of(samples, "routed_resumed", lambda s: s.xcom_seconds)
+    rep(
+        f"  XCom writes: routed resumed {writes:.0f}, {write_s:.1f} s of api-server request"
+        f" time, one after another through the first task's supervisor (a new run holds none"
+        f" of the failed run's XComs: every completed load's return value and keys are written"
+        f" again; decision 0106), against"
+        f" {median_of(samples, 'plain_clear', lambda s: s.xcom_writes):.0f} for Airflow's clear"
     )
     rep()
     rep(f"Total run time: {time.perf_counter() - began:.0f} s")
