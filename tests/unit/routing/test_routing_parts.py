@@ -38,6 +38,8 @@ def test_settings_default_to_the_documented_values(clean_bfx_env: pytest.MonkeyP
     assert settings.resume_scope is ResumeScope.LINEAGE
     assert settings.retry_limit == 3
     assert settings.max_resume_age is None
+    assert settings.skip_ahead is True
+    assert settings.recovery_link is True
 
 
 def test_settings_read_environment_overrides_case_insensitively(
@@ -64,6 +66,7 @@ def test_settings_read_environment_overrides_case_insensitively(
         ("LEASE_DURATION", "0", "lease_duration = '0' must be positive"),
         ("RETRY_LIMIT", "three", "retry_limit = 'three' is not an integer"),
         ("ROUTE_ALL_DAGS", "maybe", "route_all_dags = 'maybe' is not a boolean"),
+        ("RECOVERY_LINK", "sometimes", "recovery_link = 'sometimes' is not a boolean"),
     ],
 )
 def test_invalid_setting_is_an_error_naming_option_and_value(
