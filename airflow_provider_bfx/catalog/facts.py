@@ -54,7 +54,7 @@ from airflow_provider_bfx.catalog.packages import (
 )
 from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag, one_of
+from airflow_provider_bfx.catalog.rows import copy_landed, decides, flag, one_of
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.exceptions import CatalogStateError
 
@@ -427,7 +427,12 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
             and_(
                 a.c.PackageID == tp.c.PackageID,
                 a.c.ItemFingerprint == bindparam("p_item"),
-                one_of(a.c.ExecutionStatus, ACTIVE),
+                # Stated as the partial unique index's own predicate (TaskId IS NOT NULL and an
+                # active status; a task package's rows all have a TaskId), so that the generic
+                # plan answers it from `uq_execution_one_active` in one probe instead of reading
+                # every row of the package from `ix_execution_package_status` (a mapped task's
+                # package holds a row per item per run; decision 0111).
+                active_task(a),
                 a.c.ExternalExecutionID != bindparam("p_task_key"),
             ),
         )
