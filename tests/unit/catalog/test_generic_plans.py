@@ -37,13 +37,16 @@ def _item(batch: BatchSpec, i: int) -> TaskSpec:
     return TaskSpec(batch, "items", map_index=i, item_fingerprint=f"item-{i:03d}")
 
 
-def test_a_mapped_items_start_finds_the_active_row_in_one_probe(
-    one_session: CatalogStore,
-) -> None:
-    """The active-row join of the task-start facts query is answered from the partial unique
-    index `uq_execution_one_active` (PackageID, ItemFingerprint), in the generic plan the
-    session holds: the join states the index's own predicate. Before decision 0111 it read every
-    row of the task package from `ix_execution_package_status` and filtered on the item."""
+def test_a_mapped_items_start_reads_only_its_own_rows(one_session: CatalogStore) -> None:
+    """In the generic plan the session holds for the task-start facts query (decision 0111):
+
+    * the active-row join is answered from the partial unique index `uq_execution_one_active`
+      (PackageID, ItemFingerprint): the join states the index's own predicate. Before, it read
+      every row of the task package from `ix_execution_package_status` and filtered on the item;
+    * the per-item lookups (the row that decides, the landed copy's writers, the first row, the
+      active row's copy) read `ix_execution_lineage_package`, though the statistics say a
+      package holds one row (most do here, as after a first run of many DAGs), where
+      `ix_execution_package_id` costs the same and was taken: every row of the package read."""
     store = one_session
     batch = BatchSpec("mapped_dag", "run-0")
     for i in range(ITEMS):
@@ -98,7 +101,13 @@ def test_a_mapped_items_start_finds_the_active_row_in_one_probe(
             row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})", params)
         )
         conn.rollback()
-    active = [line for line in plan.splitlines() if " on execution a " in line]
-    assert len(active) == 1, plan
-    assert "uq_execution_one_active" in active[0], plan
+
+    def scans(alias: str) -> list[str]:
+        return [line for line in plan.splitlines() if f" on execution {alias} " in line]
+
+    (active,) = scans("a")
+    assert "uq_execution_one_active" in active, plan
+    for alias in ('"inner"', "cw", "first", "w"):
+        found = scans(alias)
+        assert found and all("ix_execution_lineage_package" in line for line in found), plan
     assert store.end_task(store.start_task(spec).execution_id, TaskOutcome.SUCCESS).changed
