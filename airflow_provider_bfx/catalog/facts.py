@@ -54,7 +54,15 @@ from airflow_provider_bfx.catalog.packages import (
 )
 from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import BatchSpec, TaskSpec
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, decides, flag, one_of
+from airflow_provider_bfx.catalog.rows import (
+    by_lineage_index,
+    copy_landed,
+    decides,
+    flag,
+    item_rows,
+    item_rows_ordered,
+    one_of,
+)
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.exceptions import CatalogStateError
 
@@ -322,17 +330,21 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
     E, P = cat.s.Execution, cat.s.Package
     b, bp, tp = E.alias("b"), P.alias("bp"), P.alias("tp")
     x, a, p, ah = E.alias("x"), E.alias("a"), E.alias("p"), E.alias("ah")
+    # The per-item lookups below (the row that decides, the landed copy's writer, the first
+    # row) read ix_execution_lineage_package on PostgreSQL whatever the statistics: an ordered
+    # LIMIT 1 / an ordered subquery over rows.item_rows instead of max()/min() (decision 0111).
+    ordered = by_lineage_index(cat)
+    item: Any = bindparam("p_item")
     inner = E.alias("inner")
+    mine = item_rows(cat, inner, b.c.LineageID, tp.c.PackageID, item)
     prior_id = (
-        select(func.max(inner.c.ExecutionID))
-        .where(
-            inner.c.LineageID == b.c.LineageID,
-            inner.c.PackageID == tp.c.PackageID,
-            inner.c.ItemFingerprint == bindparam("p_item"),
-            decides(inner),
-        )
-        .scalar_subquery()
-    )
+        select(inner.c.ExecutionID)
+        .where(mine, decides(inner))
+        .order_by(*item_rows_ordered(inner, latest=True))
+        .limit(1)
+        if ordered
+        else select(func.max(inner.c.ExecutionID)).where(mine, decides(inner))
+    ).scalar_subquery()
     # The latest copy checkpoint of this task and item in this lineage, and its writer. Its id
     # is found from the writers (the lineage index, then the checkpoints' ExecutionID index);
     # the writer and its fingerprint are read by scalar subqueries, the fingerprint only when
@@ -342,16 +354,28 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
     # index probe (a third of the statement's server time; decision 0108, Update).
     C = cat.s.ExecutionCheckpoint
     cc, cw, lc, lw = C.alias("cc"), E.alias("cw"), C.alias("lc"), E.alias("lw")
+    copies = (
+        cc.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
+        cc.c.NodeKey == keys.COPY_NODE,
+    )
+    writers_of = item_rows(cat, cw, b.c.LineageID, tp.c.PackageID, item)
+    if ordered:  # the writers in the lineage index's order, a subquery planned on its own
+        writers = (
+            select(cw.c.ExecutionID)
+            .where(writers_of)
+            .order_by(*item_rows_ordered(cw, latest=False))
+            .correlate(b, tp)
+            .subquery("writers")
+        )
+        landed_from = writers.join(cc, cc.c.ExecutionID == writers.c.ExecutionID)
+        landed_where: tuple[Any, ...] = copies
+    else:
+        landed_from = cc.join(cw, cw.c.ExecutionID == cc.c.ExecutionID)
+        landed_where = (*copies, writers_of)
     landed_id = (
         select(func.max(cc.c.CheckpointID))
-        .select_from(cc.join(cw, cw.c.ExecutionID == cc.c.ExecutionID))
-        .where(
-            cc.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-            cc.c.NodeKey == keys.COPY_NODE,
-            cw.c.LineageID == b.c.LineageID,
-            cw.c.PackageID == tp.c.PackageID,
-            cw.c.ItemFingerprint == bindparam("p_item"),
-        )
+        .select_from(landed_from)
+        .where(*landed_where)
         .correlate(b, tp)
         .scalar_subquery()
     )
@@ -369,15 +393,15 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
     )
     landed_fp = select(lc.c.OperatorFingerprint).where(lc.c.CheckpointID == mine).scalar_subquery()
     first = E.alias("first")
+    first_of = item_rows(cat, first, b.c.LineageID, tp.c.PackageID, item)
     first_id = (
-        select(func.min(first.c.ExecutionID))
-        .where(
-            first.c.LineageID == b.c.LineageID,
-            first.c.PackageID == tp.c.PackageID,
-            first.c.ItemFingerprint == bindparam("p_item"),
-        )
-        .scalar_subquery()
-    )
+        select(first.c.ExecutionID)
+        .where(first_of)
+        .order_by(*item_rows_ordered(first, latest=False))
+        .limit(1)
+        if ordered
+        else select(func.min(first.c.ExecutionID)).where(first_of)
+    ).scalar_subquery()
     cols = [
         first_id.label("first_id"),
         lw.c.ExecutionID.label("l_writer"),
@@ -427,7 +451,12 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
             and_(
                 a.c.PackageID == tp.c.PackageID,
                 a.c.ItemFingerprint == bindparam("p_item"),
-                one_of(a.c.ExecutionStatus, ACTIVE),
+                # Stated as the partial unique index's own predicate (TaskId IS NOT NULL and an
+                # active status; a task package's rows all have a TaskId), so that the generic
+                # plan answers it from `uq_execution_one_active` in one probe instead of reading
+                # every row of the package from `ix_execution_package_status` (a mapped task's
+                # package holds a row per item per run; decision 0111).
+                active_task(a),
                 a.c.ExternalExecutionID != bindparam("p_task_key"),
             ),
         )
