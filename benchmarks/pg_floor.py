@@ -4,7 +4,8 @@ transaction of a task start's and a task end's shape, with no SQLAlchemy and no 
 Goal 1 says "task start and task end p50 <= 2x the same-shape floor on loopback PostgreSQL";
 the issue measured that floor with pgbench in the same run as the catalog benchmark. A figure
 taken on another day (or with another load average) cannot judge ours, so ``bench_catalog.py``
-measures it itself, right after timing the store, on the same server and database:
+measures it itself, on the same server and database, one run of the floor after each run of
+the store (:class:`FloorRunner`: interleaved, so both see the same state of the machine):
 
 * **task start floor**: ``BEGIN`` | ``SELECT ... FOR UPDATE`` of a parent row | ``INSERT`` of a
   child row | ``COMMIT``, each statement its own round trip (what pgbench does with a custom
@@ -94,63 +95,86 @@ def _load() -> float:
         return float("nan")
 
 
+class FloorRunner:
+    """The floor timed one run at a time, so that ``bench_catalog.py`` can interleave it with
+    the store's own runs: on a shared machine (a VM whose speed moves by tens of percent from
+    one minute to the next) ours and the floor then see the same moments, and their ratio,
+    which judges goal 1, does not depend on when each was measured."""
+
+    def __init__(self, url: str, tasks: int) -> None:
+        self.tasks = tasks
+        self.conn = _connect(url)
+        self.cur = self.conn.cursor()
+        self.cur.execute(_SETUP)
+        self.floor = Floor(ms={key: [] for key in SHAPES})
+        self._load0 = _load()
+        self._parents = 0
+
+    def run(self, i: int) -> None:
+        """One run of ``tasks`` starts, each followed by its end; timed when ``i >= 0``."""
+        cur, clock = self.cur, time.perf_counter
+        self._parents += 1
+        parent = self._parents
+        cur.execute("INSERT INTO bfx_floor.parent (id, status) VALUES (%(p)s, 'E')", {"p": parent})
+        for t in range(self.tasks):
+            p = {"parent": parent, "task": f"task_{t:02d}"}
+            times: dict[str, float] = {}
+
+            t0 = clock()
+            cur.execute("BEGIN")
+            cur.execute(_LOCK, p)
+            cur.fetchall()
+            cur.execute(_INSERT, p)
+            row_id = cur.fetchone()[0]
+            cur.execute("COMMIT")
+            times[START_4RT] = clock() - t0
+
+            t0 = clock()
+            cur.execute("BEGIN")
+            cur.execute(_ONE_ROW, p)
+            cur.execute("COMMIT")
+            times[END_INSERT] = clock() - t0
+
+            t0 = clock()
+            cur.execute("BEGIN")
+            cur.execute(_UPDATE, {"id": row_id})
+            cur.execute("COMMIT")
+            times[END_UPDATE] = clock() - t0
+
+            t0 = clock()
+            cur.execute("BEGIN;\n" + _LOCK, p)
+            cur.fetchall()
+            cur.execute(_INSERT.removesuffix(" RETURNING id") + ";\nCOMMIT", p)
+            times[START_2RT] = clock() - t0
+
+            t0 = clock()
+            cur.execute("BEGIN;\n" + _LOCK, p)
+            cur.fetchall()
+            cur.execute(_UPDATE + ";\nCOMMIT", {"id": row_id})
+            times[END_2RT] = clock() - t0
+
+            if i >= 0:
+                for key, seconds in times.items():
+                    self.floor.ms[key].append(seconds * 1000)
+
+    def close(self) -> Floor:
+        """Drop the floor's schema; the timings."""
+        self.floor.load = (self._load0, _load())
+        try:
+            self.cur.execute("DROP SCHEMA bfx_floor CASCADE")
+        finally:
+            self.conn.close()
+        return self.floor
+
+
 def measure(url: str, runs: int, tasks: int, warmup: int = 1) -> Floor:
     """Time every floor shape ``runs * tasks`` times on the database of ``url`` (a
     ``postgresql+psycopg2`` URL), in the store's loop: each task's start, then its end."""
-    conn = _connect(url)
-    floor = Floor(ms={key: [] for key in SHAPES})
-    clock = time.perf_counter
+    runner = FloorRunner(url, tasks)
     try:
-        cur = conn.cursor()
-        cur.execute(_SETUP)
-        load0 = _load()
         for i in range(-warmup, runs):
-            parent = i + warmup + 1
-            cur.execute(
-                "INSERT INTO bfx_floor.parent (id, status) VALUES (%(p)s, 'E')", {"p": parent}
-            )
-            for t in range(tasks):
-                p = {"parent": parent, "task": f"task_{t:02d}"}
-                times: dict[str, float] = {}
-
-                t0 = clock()
-                cur.execute("BEGIN")
-                cur.execute(_LOCK, p)
-                cur.fetchall()
-                cur.execute(_INSERT, p)
-                row_id = cur.fetchone()[0]
-                cur.execute("COMMIT")
-                times[START_4RT] = clock() - t0
-
-                t0 = clock()
-                cur.execute("BEGIN")
-                cur.execute(_ONE_ROW, p)
-                cur.execute("COMMIT")
-                times[END_INSERT] = clock() - t0
-
-                t0 = clock()
-                cur.execute("BEGIN")
-                cur.execute(_UPDATE, {"id": row_id})
-                cur.execute("COMMIT")
-                times[END_UPDATE] = clock() - t0
-
-                t0 = clock()
-                cur.execute("BEGIN;\n" + _LOCK, p)
-                cur.fetchall()
-                cur.execute(_INSERT.removesuffix(" RETURNING id") + ";\nCOMMIT", p)
-                times[START_2RT] = clock() - t0
-
-                t0 = clock()
-                cur.execute("BEGIN;\n" + _LOCK, p)
-                cur.fetchall()
-                cur.execute(_UPDATE + ";\nCOMMIT", {"id": row_id})
-                times[END_2RT] = clock() - t0
-
-                if i >= 0:
-                    for key, seconds in times.items():
-                        floor.ms[key].append(seconds * 1000)
-        floor.load = (load0, _load())
-        cur.execute("DROP SCHEMA bfx_floor CASCADE")
-    finally:
-        conn.close()
-    return floor
+            runner.run(i)
+    except BaseException:
+        runner.conn.close()
+        raise
+    return runner.close()
