@@ -61,6 +61,7 @@ from airflow_provider_bfx.catalog.rows import (
     flag,
     item_rows,
     item_rows_ordered,
+    landed_copies,
     one_of,
 )
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -353,32 +354,17 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
     # whole table on every call, a seq scan of a few pages being the cheaper guess than an
     # index probe (a third of the statement's server time; decision 0108, Update).
     C = cat.s.ExecutionCheckpoint
-    cc, cw, lc, lw = C.alias("cc"), E.alias("cw"), C.alias("lc"), E.alias("lw")
-    copies = (
-        cc.c.CheckpointType == CheckpointType.NODE_OUTPUT.value,
-        cc.c.NodeKey == keys.COPY_NODE,
+    cc, from_, where = landed_copies(
+        cat, b.c.LineageID, tp.c.PackageID, item, correlate=(b, tp), name="landed_"
     )
-    writers_of = item_rows(cat, cw, b.c.LineageID, tp.c.PackageID, item)
-    if ordered:  # the writers in the lineage index's order, a subquery planned on its own
-        writers = (
-            select(cw.c.ExecutionID)
-            .where(writers_of)
-            .order_by(*item_rows_ordered(cw, latest=False))
-            .correlate(b, tp)
-            .subquery("writers")
-        )
-        landed_from = writers.join(cc, cc.c.ExecutionID == writers.c.ExecutionID)
-        landed_where: tuple[Any, ...] = copies
-    else:
-        landed_from = cc.join(cw, cw.c.ExecutionID == cc.c.ExecutionID)
-        landed_where = (*copies, writers_of)
     landed_id = (
         select(func.max(cc.c.CheckpointID))
-        .select_from(landed_from)
-        .where(*landed_where)
+        .select_from(from_)
+        .where(*where)
         .correlate(b, tp)
         .scalar_subquery()
     )
+    lc, lw, cc = C.alias("lc"), E.alias("lw"), C.alias("cc")
     # Its writer, and the writer's latest copy checkpoint (the same row: the latest of all).
     writer = select(lc.c.ExecutionID).where(lc.c.CheckpointID == landed_id).scalar_subquery()
     mine = (

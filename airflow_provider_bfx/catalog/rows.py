@@ -122,29 +122,43 @@ def item_rows_ordered(row: Any, *, latest: bool) -> tuple[Any, Any]:
     return row.c.ItemFingerprint.asc(), row.c.ExecutionID.asc()
 
 
-def copy_landed(cat: Catalog, row: Any) -> Any:
-    """EXISTS: a copy step of ``row``'s task and item landed in its lineage (a ``copy``
-    NODE_OUTPUT checkpoint written by any execution of it there)."""
+def landed_copies(
+    cat: Catalog, lineage: Any, package: Any, item: Any, *, correlate: tuple[Any, ...], name: str
+) -> tuple[Any, Any, tuple[Any, ...]]:
+    """The copy steps that landed for one task package and item in one lineage: the ``copy``
+    NODE_OUTPUT checkpoints written by any execution of that item there.
+
+    Returns ``(checkpoint, from_, where)``: the checkpoint alias (``{name}c``) to select from,
+    the FROM clause and the WHERE conditions. ``correlate`` are the outer query's tables that
+    ``lineage``, ``package`` and ``item`` come from.
+
+    On PostgreSQL the executions of the item are a subquery in FROM in the lineage index's
+    order (:func:`item_rows`, :func:`item_rows_ordered`): a subquery with an ORDER BY is planned
+    on its own, in that order, so from ``ix_execution_lineage_package`` whatever the statistics
+    (decision 0111). Elsewhere, a plain join of the checkpoints to the executions."""
     E, C = cat.s.Execution, cat.s.ExecutionCheckpoint
-    w, c = E.alias("w"), C.alias("c")
+    w, c = E.alias(f"{name}w"), C.alias(f"{name}c")
     landed = (c.c.CheckpointType == CheckpointType.NODE_OUTPUT.value, c.c.NodeKey == keys.COPY_NODE)
-    mine = item_rows(cat, w, row.c.LineageID, row.c.PackageID, row.c.ItemFingerprint)
+    mine = item_rows(cat, w, lineage, package, item)
     if not by_lineage_index(cat):
-        return exists().where(c.c.ExecutionID == w.c.ExecutionID, *landed, mine)
-    # The executions of the item in the lineage's order (item_rows): a subquery in FROM with an
-    # ORDER BY is planned on its own, in that order, so from the lineage index.
+        return c, c.join(w, w.c.ExecutionID == c.c.ExecutionID), (*landed, mine)
     writers = (
         select(w.c.ExecutionID)
         .where(mine)
         .order_by(*item_rows_ordered(w, latest=False))
-        .correlate(row)
-        .subquery("writers")
+        .correlate(*correlate)
+        .subquery(f"{name}writers")
     )
-    return (
-        exists()
-        .select_from(writers.join(c, c.c.ExecutionID == writers.c.ExecutionID))
-        .where(*landed)
+    return c, writers.join(c, c.c.ExecutionID == writers.c.ExecutionID), landed
+
+
+def copy_landed(cat: Catalog, row: Any) -> Any:
+    """EXISTS: a copy step of ``row``'s task and item landed in its lineage
+    (:func:`landed_copies`)."""
+    _, from_, where = landed_copies(
+        cat, row.c.LineageID, row.c.PackageID, row.c.ItemFingerprint, correlate=(row,), name=""
     )
+    return exists().select_from(from_).where(*where)
 
 
 def insert_execution_txn(

@@ -107,7 +107,7 @@ def test_a_mapped_items_start_reads_only_its_own_rows(one_session: CatalogStore)
 
     (active,) = scans("a")
     assert "uq_execution_one_active" in active, plan
-    for alias in ('"inner"', "cw", "first", "w"):
+    for alias in ('"inner"', "landed_w", "first", "w"):
         found = scans(alias)
         assert found and all("ix_execution_lineage_package" in line for line in found), plan
     assert store.end_task(store.start_task(spec).execution_id, TaskOutcome.SUCCESS).changed
