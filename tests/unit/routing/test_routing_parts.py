@@ -289,7 +289,9 @@ def test_skip_ahead_tells_a_component_at_once_the_one_unblocking_a_task_first() 
 
 def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
     """Nothing below the deciding task can be scheduled before it ends: the other components,
-    whose first tasks' upstreams may end any moment, are told first."""
+    whose first tasks' upstreams may end any moment, are told first. ``m`` waits for both
+    components: the first message needs no write; the last one comes after all ``m`` reads
+    (decision 0114)."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -297,14 +299,51 @@ def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
         t = {name: BaseOperator(task_id=name) for name in "abcefm"}
         chain(t["a"], t["b"], t["c"], t["m"])  # a, e: first tasks; m runs
         chain(t["e"], t["f"], t["m"])
-    assert _steps_of(dag, "bcf") == [("f", "f"), ("bc", "bc")]  # fewest writes first
-    assert _steps_of(dag, "bcf", "e") == [("bc", "bc"), ("f", "f")]
-    assert _steps_of(dag, "bcf", "a") == [("f", "f"), ("bc", "bc")]
+    assert _steps_of(dag, "bcf") == [("", "bc"), ("bcf", "f")]
+    assert _steps_of(dag, "bcf", "e") == [("", "bc"), ("bcf", "f")]
+    assert _steps_of(dag, "bcf", "a") == [("", "f"), ("bcf", "bc")]
+
+
+def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once() -> None:
+    """The 50-table story resumed (decision 0114): five lines of ten loads, then ``merge``;
+    load 48 runs again, the five first loads decide for themselves (``load_01`` is the
+    deciding task). Lines 2-4 are told first with no write: ``merge`` still waits for line 1
+    (below the deciding task), so the other first loads, which end within a second, find
+    their lines skipped already and Airflow starts nothing for them. Then line 5, which lets
+    load 48 run, after its outputs; then line 1, after every output ``merge`` reads."""
+    from airflow.sdk import DAG, chain
+    from airflow.sdk.bases.operator import BaseOperator
+
+    from airflow_provider_bfx.catalog.results import SkippedAhead
+    from airflow_provider_bfx.routing.skip_ahead import steps
+
+    names = [f"load_{n:02d}" for n in range(1, 51)]
+    with DAG("fifty", schedule=None) as dag:
+        loads = [BaseOperator(task_id=name) for name in names]
+        merge = BaseOperator(task_id="merge")
+        for line in range(0, 50, 10):
+            chain(*loads[line : line + 10], merge)
+    firsts = {names[line] for line in range(0, 50, 10)}
+    ahead = [x for x in names[:47] if x not in firsts]
+    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(ahead)], "load_01")
+
+    def ids(xs: Any) -> list[str]:
+        return [s.task_id for s in xs]
+
+    line = {n: [x for x in ahead if names.index(x) // 10 == n] for n in range(5)}
+    assert [(ids(s.write), ids(s.tell)) for s in plan] == [
+        ([], line[1]),
+        ([], line[2]),
+        ([], line[3]),
+        (line[4], line[4]),
+        (line[0] + line[1] + line[2] + line[3], line[0]),
+    ]
 
 
 def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it() -> None:
     """A task that runs may pull the output of any upstream task, also across a task that
-    runs (``a -> m -> s -> n``): ``s``'s message waits for ``a``'s output too."""
+    runs (``a -> m -> s -> n``): ``s``'s message waits for ``a``'s output too. Outputs that
+    nothing below reads are still written, in a last step with no message."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -312,7 +351,8 @@ def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it
         t = {name: BaseOperator(task_id=name) for name in "amsnxyz"}
         chain(t["a"], t["m"], t["s"], t["n"])  # m and n run; a and s are skipped
         t["a"] >> [t["x"], t["y"], t["z"]]  # a's component is larger than s's needs
-    assert _steps_of(dag, "axyzs") == [("as", "s"), ("xyz", "axyz")]
+    # m needs only a's output; n needs a's and s's; x, y, z are written last, unasked.
+    assert _steps_of(dag, "axyzs") == [("a", "axyz"), ("s", "s"), ("xyz", "")]
 
 
 @pytest.mark.parametrize("seed", range(150))
