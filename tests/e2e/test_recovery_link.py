@@ -99,6 +99,17 @@ def test_each_instance_of_a_mapped_task_stores_the_link_of_its_map_index(
     )
 
 
+def test_a_failed_mapped_instance_stores_its_link_too(catalog: Catalog) -> None:
+    # The instance a user opens the Recovery view for: its try failed in its own work.
+    run = run_dag(MAPPED_DAG, {"fail_items": [2]})
+    assert run.state == "failed", run.states
+    assert run.state_of("process", 1) == "failed"
+    assert run.state_of("summary") == "upstream_failed"  # no try: no link
+    assert link_values(MAPPED_DAG, run.run_id) == {
+        ("process", i): expected_url(MAPPED_DAG, run.run_id, "process", i) for i in range(3)
+    }
+
+
 def test_recovery_link_false_installs_no_link_and_no_try_stores_one(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
