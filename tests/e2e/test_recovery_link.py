@@ -99,14 +99,23 @@ def test_each_instance_of_a_mapped_task_stores_the_link_of_its_map_index(
     )
 
 
-def test_a_failed_mapped_instance_stores_its_link_too(catalog: Catalog) -> None:
+def test_failed_and_skipped_mapped_instances_store_their_links_too(catalog: Catalog) -> None:
     # The instance a user opens the Recovery view for: its try failed in its own work.
-    run = run_dag(MAPPED_DAG, {"fail_items": [2]})
-    assert run.state == "failed", run.states
-    assert run.state_of("process", 1) == "failed"
-    assert run.state_of("summary") == "upstream_failed"  # no try: no link
-    assert link_values(MAPPED_DAG, run.run_id) == {
-        ("process", i): expected_url(MAPPED_DAG, run.run_id, "process", i) for i in range(3)
+    run1 = run_dag(MAPPED_DAG, {"fail_items": [2]})
+    assert run1.state == "failed", run1.states
+    assert run1.state_of("process", 1) == "failed"
+    assert run1.state_of("summary") == "upstream_failed"  # no try: no link
+    assert link_values(MAPPED_DAG, run1.run_id) == {
+        ("process", i): expected_url(MAPPED_DAG, run1.run_id, "process", i) for i in range(3)
+    }
+    # The resumed run: items 1 and 3 are skipped by their own gates (a mapped instance is never
+    # skipped ahead, decision 0106), which carried the link over before they decided.
+    run2 = run_dag(MAPPED_DAG)
+    assert run2.state == "success", run2.states
+    assert [run2.state_of("process", i) for i in range(3)] == ["skipped", "success", "skipped"]
+    instances = [("process", 0), ("process", 1), ("process", 2), ("summary", -1)]
+    assert link_values(MAPPED_DAG, run2.run_id) == {
+        (task_id, i): expected_url(MAPPED_DAG, run2.run_id, task_id, i) for task_id, i in instances
     }
 
 
