@@ -227,12 +227,10 @@ def test_mapped_items_reordered_between_runs_resume_by_identity(env: Env) -> Non
         "skipped",  # item 1: done in run 1 at index 0
     ]
     assert states2[("summary", -1)] == "success"
-    # Item 3 ran again at index 1: its try's link is the run 2 URL of index 1. (The skipped
-    # instances store one when their own gate skipped them, none when the deciding start
-    # skipped them ahead without a task process, as for an unmapped task: not asserted.)
-    assert env.recovery_link(ITEMS, run2, "process", 1) == env.recovery_url(
-        ITEMS, run2, "process", 1
-    )
+    # Each instance had a try, the skipped ones too (their own gates skipped them: a mapped
+    # instance is never skipped ahead, decision 0106), so each has the run 2 URL of its index.
+    links2 = {i: env.recovery_link(ITEMS, run2, "process", i) for i in range(4)}
+    assert links2 == {i: env.recovery_url(ITEMS, run2, "process", i) for i in range(4)}
     assert ran(ledger(env.ledgers, ITEMS), run2) == ["item:3", "summary:[10, 20, 30, 40]"]
     assert Counter(ran(ledger(env.ledgers, ITEMS), run1)) == Counter(["item:1", "item:2", "item:4"])
     rows2 = env.mapped_rows(ITEMS, run2, "process")
