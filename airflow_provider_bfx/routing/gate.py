@@ -13,11 +13,14 @@ It asks the catalog what this try must do and makes Airflow do it:
 The start that creates a resumed run's batch also skips the run's other completed tasks ahead,
 so that they need no task process of their own (:mod:`.skip_ahead`, decision 0106).
 
-Before that it adopts Airflow's outcome of earlier runs the catalog did not hear
-(:mod:`.evidence`), and it restores ``all_success``: routing turned the default ``all_success`` into
-``none_failed`` so that a task downstream of a skipped-as-completed task still runs; a task
-whose upstream was skipped for any other reason (a branch, the task's own logic, an upstream
-skipped in turn) is skipped here, ``[BFX_UPSTREAM_SKIPPED]``.
+First of all it carries the "Recovery" link of a mapped task over to the operator this try runs
+(Airflow's ``unmap`` drops it: :func:`~airflow_provider_bfx.plugins.links.carry_recovery_link`),
+so that every routed try stores its link, whatever the gate decides. Then it adopts Airflow's
+outcome of earlier runs the catalog did not hear (:mod:`.evidence`), and it restores
+``all_success``: routing turned the default ``all_success`` into ``none_failed`` so that a task
+downstream of a skipped-as-completed task still runs; a task whose upstream was skipped for any
+other reason (a branch, the task's own logic, an upstream skipped in turn) is skipped here,
+``[BFX_UPSTREAM_SKIPPED]``.
 
 Each concern has its module: the request (:mod:`.request`), ``all_success`` restored
 (:mod:`.upstream`), skip and replay (:mod:`.skip`), nesting (:mod:`.nesting`), a catalog down or
@@ -37,6 +40,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow_provider_bfx.catalog.errors import CatalogMisconfiguredError, CatalogUnavailableError
 from airflow_provider_bfx.catalog.machine import Run
 from airflow_provider_bfx.exceptions import BfxError
+from airflow_provider_bfx.plugins.links import carry_recovery_link
 from airflow_provider_bfx.routing.catalog import get_store
 from airflow_provider_bfx.routing.evidence import adopt_airflow_outcomes
 from airflow_provider_bfx.routing.handle import ExecutionHandle
@@ -76,6 +80,9 @@ class BfxRunConfError(BfxRoutingError, AirflowFailException):
 def gate(context: Any) -> None:
     """Decide this try through the catalog (see the module docstring). Raises to skip or fail."""
     ti = context["ti"]
+    parse_task = parse_time_task(context)
+    # First, so that a try the gate skips or fails stores the link too (a mapped task's).
+    carry_recovery_link(parse_task, ti.task)
     key = TryKey.of(ti)
     dag = context.get("dag") or ti.task.dag
     try:
@@ -89,7 +96,6 @@ def gate(context: Any) -> None:
         remember(key, GateRecord(Outcome.REFUSED))
         raise BfxRunConfError(f"bfx routing of {key.dag_id}.{key.task_id}: {exc}") from exc
 
-    parse_task = parse_time_task(context)
     try:
         store = get_store(settings.catalog_conn_id)
         adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id)

@@ -12,7 +12,9 @@ What it changes on each task:
   :mod:`airflow_provider_bfx.callbacks` (decision 0041);
 * the four callbacks, appended; on the DAG, the two DAG callbacks that close its batches;
 * ``operator_extra_links``: "Recovery" appended (the task's recovery view, decision 0097),
-  unless ``[bfx] recovery_link`` is off (decision 0112);
+  unless ``[bfx] recovery_link`` is off (decision 0112). On a mapped task it is set on the
+  ``MappedOperator``, which ``unmap`` does not pass on: the gate carries it to the operator each
+  try runs (:func:`airflow_provider_bfx.plugins.links.carry_recovery_link`);
 * ``trigger_rule``: the default ``all_success`` becomes ``none_failed`` (a task downstream of a
   skipped-as-completed task must run); the gate restores ``all_success`` for the others. Which
   tasks were converted is remembered here, per (dag_id, task_id), for the gate of this process;
@@ -134,7 +136,9 @@ def route_task(task: Any, dag_id: str, *, link: bool | None = None) -> None:
         if updated is not None:
             setattr(task, attr, updated)
     if _link_wanted() if link is None else link:
-        _add_recovery_link(task)
+        from airflow_provider_bfx.plugins.links import add_recovery_link
+
+        add_recovery_link(task)
     if str(getattr(task.trigger_rule, "value", task.trigger_rule)) == ALL_SUCCESS:
         from airflow.sdk import TriggerRule
 
@@ -152,15 +156,6 @@ def _link_wanted() -> bool:
     except BfxSettingsError as exc:
         log.error("bfx: %s; the Recovery link is kept", exc)
         return True
-
-
-def _add_recovery_link(task: Any) -> None:
-    """The operator extra link "Recovery" (its task-instance view), once."""
-    from airflow_provider_bfx.plugins.links import RecoveryLink
-
-    links = tuple(getattr(task, "operator_extra_links", ()) or ())
-    if not any(isinstance(link, RecoveryLink) for link in links):
-        task.operator_extra_links = (*links, RecoveryLink())
 
 
 def route_tasks(dag: Any) -> None:

@@ -30,11 +30,13 @@ It asserts:
    values: no try stored ``_link_RecoveryLink``.
 
 Checked against the option ignored (the variable removed, and set to ``True``): 2, 3 and 4
-fail, 1 passes (it checks that turning the link off costs the routing nothing). With the link
-on, ``summary`` stores ``_link_RecoveryLink``, but a mapped instance of ``process`` stores none
-and ``/links`` shows it ``{"Recovery": None}`` (the serialized link without its XCom): Airflow's
+fail, 1 passes (it checks that turning the link off costs the routing nothing). At that time,
+with the link on, only ``summary`` stored ``_link_RecoveryLink``: a mapped instance of
+``process`` stored none and ``/links`` showed it ``{"Recovery": None}``, because Airflow's
 ``MappedOperator.unmap`` builds the operator a task process runs from its class, without the
-link the routing set on the mapped operator. So 4 fails through ``summary`` alone.
+link the routing set on the mapped operator. The gate now carries that link over (decision 0112;
+``test_scenarios_deployment.py`` shows each mapped instance's link); with the option off the
+mapped operator has none, so there is nothing to carry.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def test_the_api_server_lists_no_link_for_any_task_instance(link_off: LinkOff) -
             f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/links",
             params={"map_index": map_index},
         )
-        # With the link on: {"Recovery": <url>} ({"Recovery": None} for a mapped instance).
+        # With the link on: {"Recovery": <url>}, a mapped instance's that of its map index.
         assert links["extra_links"] == {}, (task_id, map_index, links)
 
 

@@ -1,7 +1,10 @@
 """Routing scenarios a single process cannot show, in a real deployment.
 
 * A mapped task over a list reordered between runs: items resume by identity, whichever map
-  index they land on, and the DAG processor's new parse is what the scheduler expands.
+  index they land on, and the DAG processor's new parse is what the scheduler expands. Each
+  mapped instance that ran has its own "Recovery" link (decision 0112): its task process computed
+  the URL of its map index, though Airflow's ``MappedOperator.unmap`` builds the operator it runs
+  without the link the routing set on the mapped task (the gate carries it over).
 * A nested batch through a DEFERRABLE ``TriggerDagRunOperator``: the trigger task waits for the
   child run in the triggerer and resumes in a worker; the resumed parent triggers a child run
   that resumes the failed child's lineage instead of rerunning it.
@@ -26,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -65,6 +69,25 @@ class Env:
             if row.TaskId == task_id:
                 latest[row.MapIndex] = row
         return latest
+
+    def recovery_link(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> Any:
+        """The URL of a task instance's "Recovery" link, as the API server reads it (the XCom
+        its task process stored when the try ended); None when no try stored one."""
+        links = self.api.call(
+            "GET",
+            f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links",
+            params={"map_index": map_index},
+        )
+        return links["extra_links"].get("Recovery", "<no Recovery link listed>")
+
+    def recovery_url(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+        """The URL ``RecoveryLink`` builds: ``[api] base_url``, then the task instance's
+        Recovery tab (``.../mapped/<map_index>/plugin/...`` for a mapped instance)."""
+        q = lambda v: quote(v, safe="")  # noqa: E731
+        return (
+            f"{self.deployment.base_url}/dags/{q(dag_id)}/runs/{q(run_id)}/tasks/{q(task_id)}"
+            f"/mapped/{map_index}/plugin/bfx-recovery-task"
+        )
 
     def dump(self, dag_id: str) -> str:
         """Every row of a DAG and its errors, for an assertion message."""
@@ -181,6 +204,11 @@ def test_mapped_items_reordered_between_runs_resume_by_identity(env: Env) -> Non
         "success",
     ]
     assert states1[("summary", -1)] == "upstream_failed"
+    # Every mapped instance ran a try, the failed one included: each has the Recovery link of
+    # its own map index (before the gate carried the link over, the API server answered
+    # {"Recovery": None} for each: no task process had stored it).
+    links1 = {i: env.recovery_link(ITEMS, run1, "process", i) for i in range(4)}
+    assert links1 == {i: env.recovery_url(ITEMS, run1, "process", i) for i in range(4)}
     rows1 = env.mapped_rows(ITEMS, run1, "process")
     assert (rows1[2].ExecutionStatus, rows1[2].NextLoadStatus) == ("F", "R")
     wait_batch_closed(env.catalog, env.deployment, ITEMS, run1)
@@ -199,6 +227,10 @@ def test_mapped_items_reordered_between_runs_resume_by_identity(env: Env) -> Non
         "skipped",  # item 1: done in run 1 at index 0
     ]
     assert states2[("summary", -1)] == "success"
+    # Each instance had a try, the skipped ones too (their own gates skipped them: a mapped
+    # instance is never skipped ahead, decision 0106), so each has the run 2 URL of its index.
+    links2 = {i: env.recovery_link(ITEMS, run2, "process", i) for i in range(4)}
+    assert links2 == {i: env.recovery_url(ITEMS, run2, "process", i) for i in range(4)}
     assert ran(ledger(env.ledgers, ITEMS), run2) == ["item:3", "summary:[10, 20, 30, 40]"]
     assert Counter(ran(ledger(env.ledgers, ITEMS), run1)) == Counter(["item:1", "item:2", "item:4"])
     rows2 = env.mapped_rows(ITEMS, run2, "process")
