@@ -210,6 +210,11 @@ class Sample:
     #: request time in seconds (its access log: ``duration_us``).
     xcom_writes: int = 0
     xcom_seconds: float = 0.0
+    #: When the user acted (UTC), and the run's task instances as the REST API gave them at
+    #: its end: the timeline of the run (:func:`timeline`).
+    since: datetime | None = None
+    tis: list[dict[str, Any]] = field(default_factory=list)
+    ended: datetime | None = None
 
     @property
     def timed(self) -> bool:
@@ -290,6 +295,9 @@ class Bench:
             load=(load0, load1),
             xcom_writes=writes,
             xcom_seconds=write_seconds,
+            since=since,
+            tis=tis,
+            ended=end,
         )
         self.samples.append(sample)
         log(
@@ -459,6 +467,48 @@ class Bench:
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
+
+
+def timeline(sample: Sample) -> list[str]:
+    """Seconds from the user's action to each task instance's queued, start and end times: the
+    tasks that had a process, one line each, then what the others add up to, then the run's
+    end. Where a run's time goes (decision 0114)."""
+    assert sample.since is not None
+    since = sample.since
+
+    def at(value: Any) -> float | None:
+        when = parse_time(value)
+        return None if when is None else (when - since).total_seconds()
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:6.2f}"
+
+    rows: list[tuple[float, dict[str, Any], tuple[float | None, ...]]] = []
+    quiet: list[tuple[str, float]] = []
+    for ti in sample.tis:
+        times = (at(ti.get("queued_when")), at(ti.get("start_date")), at(ti.get("end_date")))
+        if ti.get("hostname"):
+            rows.append((times[1] if times[1] is not None else 1e9, ti, times))
+        elif times[2] is not None:
+            quiet.append((str(ti["task_id"]), times[2]))
+    head = f"  {'task':<16} {'state':<8} {'queued':>6} {'start':>6} {'end':>6}"
+    out = [head + "  (s from the action)"]
+    for _, ti, (queued, start, end) in sorted(rows, key=lambda r: r[0]):
+        out.append(
+            f"  {ti['task_id']:<16} {str(ti.get('state')):<8} {show(queued)} {show(start)}"
+            f" {show(end)}"
+        )
+    # Those with no process end together, one group per skip message (decision 0106).
+    told: dict[float, list[str]] = {}
+    for task_id, end in quiet:
+        told.setdefault(round(end, 2), []).append(task_id)
+    for end, task_ids in sorted(told.items()):
+        names = sorted(task_ids)
+        shown = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+        out.append(f"  {len(names):>3} with no process, ended {end:6.2f}: {shown}")
+    if sample.ended is not None:
+        out.append(f"  the run ended at {(sample.ended - since).total_seconds():.2f} s")
+    return out
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -674,6 +724,14 @@ def report(
         f" again; decision 0106), against"
         f" {median_of(samples, 'plain_clear', lambda s: s.xcom_writes):.0f} for Airflow's clear"
     )
+    for kind in ("routed_resumed", "plain_clear"):
+        last = [s for s in samples if s.kind == kind and s.timed][-1:]
+        if last:
+            rep()
+            rep(f"Timeline of the last {LABELS[kind]!r} (round {last[0].round})")
+            rep("-" * 40)
+            for line in timeline(last[0]):
+                rep(line)
     rep()
     rep(f"Total run time: {time.perf_counter() - began:.0f} s")
 

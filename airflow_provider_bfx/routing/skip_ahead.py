@@ -179,9 +179,12 @@ def steps(dag: Any, skipped: list[SkippedAhead], own_task_id: str | None = None)
     1. the components whose message needs no write, except those below the deciding task
        (``own_task_id``): one message each, at once. Each one that comes before the first
        tasks above it end (the run's other first tasks, which decide for themselves) spares
-       its tasks a process: told first, they are skipped before Airflow can schedule them;
+       its tasks a process: told first, they are skipped before Airflow can schedule them.
+       Not one that would make a component of step 2 the last of a wider wait (the 50-table
+       ``merge`` waits for every line, the restarted load's too): that one waits for step 2;
     2. the components that let a task run (a task outside the set whose skipped direct
-       upstreams are all in it: the restarted load, on the run's critical path);
+       upstreams are all in it: the restarted load, on the run's critical path), each after
+       only the outputs that task reads;
     3. the others, those below the deciding task last (none of their tasks can be scheduled
        before this try ends), fewest writes first;
     4. a last step writes the outputs no message needed (those of skipped tasks with nothing
@@ -241,12 +244,20 @@ def steps(dag: Any, skipped: list[SkippedAhead], own_task_id: str | None = None)
     remaining = list(range(len(components)))
     while remaining:
 
-        def needs(i: int) -> set[str]:
-            return set().union(*(reads[t] for t in completes(i, told))) - written
+        def needs(i: int, after: set[int] = told) -> set[str]:
+            return set().union(*(reads[t] for t in completes(i, after))) - written
+
+        def burdens_a_runner(i: int) -> bool:
+            """Whether telling ``i`` now would leave a component that lets a task run with
+            more to write before its own message (it would be the last of a wider wait)."""
+            return any(
+                needs(j, told | {i}) > needs(j) for j in remaining if j != i and lets_a_task_run(j)
+            )
 
         def rank(i: int) -> tuple[int, bool, int, int]:
             need = needs(i)
-            group = 0 if not need and not below_own_task(i) else 1 if lets_a_task_run(i) else 2
+            quiet = not need and not below_own_task(i) and not burdens_a_runner(i)
+            group = 0 if quiet else 1 if lets_a_task_run(i) else 2
             return group, below_own_task(i), len(need), i
 
         i = min(remaining, key=rank)

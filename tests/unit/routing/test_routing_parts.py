@@ -304,13 +304,16 @@ def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
     assert _steps_of(dag, "bcf", "a") == [("", "f"), ("bcf", "bc")]
 
 
-def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once() -> None:
-    """The 50-table story resumed (decision 0114): five lines of ten loads, then ``merge``;
-    load 48 runs again, the five first loads decide for themselves (``load_01`` is the
-    deciding task). Lines 2-4 are told first with no write: ``merge`` still waits for line 1
-    (below the deciding task), so the other first loads, which end within a second, find
-    their lines skipped already and Airflow starts nothing for them. Then line 5, which lets
-    load 48 run, after its outputs; then line 1, after every output ``merge`` reads."""
+@pytest.mark.parametrize("own", ["load_01", "load_11", "load_41"])
+def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once(own: str) -> None:
+    """The 50-table story resumed (decision 0114): five lines of ten loads, and ``merge``,
+    which reads all fifty; load 48 runs again, the five first loads decide for themselves
+    (``own`` is the deciding one). Three lines are told first with no write: ``merge`` still
+    waits, so the other first loads, which end within a second, find their lines skipped
+    already and Airflow starts nothing for them. Then line 5, after the six outputs load 48
+    reads, so that it starts early; then the last line, after every output ``merge`` reads.
+    With ``load_41`` deciding, line 5 is below it and was the last of ``merge``'s wait: the
+    fourth line waits for it, or line 5 would carry every write before load 48 could start."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -322,21 +325,23 @@ def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once() -> None:
         loads = [BaseOperator(task_id=name) for name in names]
         merge = BaseOperator(task_id="merge")
         for line in range(0, 50, 10):
-            chain(*loads[line : line + 10], merge)
+            chain(*loads[line : line + 10])
+        loads >> merge
     firsts = {names[line] for line in range(0, 50, 10)}
     ahead = [x for x in names[:47] if x not in firsts]
-    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(ahead)], "load_01")
+    plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(ahead)], own)
 
     def ids(xs: Any) -> list[str]:
         return [s.task_id for s in xs]
 
     line = {n: [x for x in ahead if names.index(x) // 10 == n] for n in range(5)}
+    below = names.index(own) // 10  # the line below the deciding load
+    last = below if below != 4 else 3
+    quiet = [n for n in range(4) if n != last]
     assert [(ids(s.write), ids(s.tell)) for s in plan] == [
-        ([], line[1]),
-        ([], line[2]),
-        ([], line[3]),
+        *(([], line[n]) for n in quiet),
         (line[4], line[4]),
-        (line[0] + line[1] + line[2] + line[3], line[0]),
+        ([x for n in range(4) for x in line[n]], line[last]),
     ]
 
 
