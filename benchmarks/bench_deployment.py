@@ -487,6 +487,8 @@ def timeline(sample: Sample) -> list[str]:
     quiet: list[tuple[str, float]] = []
     for ti in sample.tis:
         times = (at(ti.get("queued_when")), at(ti.get("start_date")), at(ti.get("end_date")))
+        if times[1] is not None and times[1] < 0:
+            continue  # ran before the action (the failed run's tries a clear leaves alone)
         if ti.get("hostname"):
             rows.append((times[1] if times[1] is not None else 1e9, ti, times))
         elif times[2] is not None:

@@ -12,13 +12,13 @@ a resumed run's batch (``TaskStarted.resumed_batch``) instead:
    tasks are already queued and decide for themselves);
 2. has the store decide them with their own gates' rule and write the ``C`` rows of those it
    skips, in one transaction (:mod:`airflow_provider_bfx.catalog.skip_ahead`);
-3. component by component (:func:`steps`: the order, and why it is safe), sends the Task
-   SDK's ``SkipDownstreamTasks`` with that component: the execution API marks those task
-   instances *skipped* in this DAG run, leaving alone any already running or finished.
-   Before a message that lets a task run, it writes each skipped task's recorded return
-   value that task may read, as that skipped task's XCom (``XCom.set``), so that it pulls
-   what it would have pulled; a message that lets nothing run goes first, with no write;
-4. writes the outputs no message needed, so that every replayed output is readable.
+3. component by component (:func:`steps`: the order, and why it is safe), writes each
+   skipped task's recorded return value as that task's XCom (``XCom.set``), with those of the
+   skipped tasks upstream of it, so that downstream tasks pull what they would have pulled,
+   then
+4. sends the Task SDK's ``SkipDownstreamTasks`` with that component: the execution API marks
+   those task instances *skipped* in this DAG run, leaving alone any already running or
+   finished.
 
 Every step is an optimisation of work the tasks would do themselves, so a failure here is
 logged and the run goes on: if the catalog transaction fails nothing is written; if the XCom
@@ -47,8 +47,7 @@ log = logging.getLogger("airflow_provider_bfx.routing")
 
 @dataclass(frozen=True)
 class Step:
-    """One ``SkipDownstreamTasks`` message (``tell``), and the XComs written before it is
-    sent; the last step may only write (``tell`` empty, :func:`steps`)."""
+    """One ``SkipDownstreamTasks`` message, and the XComs written before it is sent."""
 
     write: tuple[SkippedAhead, ...]
     tell: tuple[SkippedAhead, ...]
@@ -158,7 +157,7 @@ def _not_scheduled(ti: Any, spec: TaskSpec, task_ids: set[str]) -> set[str]:
 
 def steps(dag: Any, skipped: list[SkippedAhead], own_task_id: str | None = None) -> list[Step]:
     """The order Airflow is told of the skipped tasks, and the XComs written before each
-    message (decisions 0106, 0114).
+    message (decision 0106).
 
     Two rules make it safe:
 
@@ -166,114 +165,85 @@ def steps(dag: Any, skipped: list[SkippedAhead], own_task_id: str | None = None)
       between skipped tasks, either way). A skip lets Airflow schedule the downstream tasks;
       a skipped task's upstreams and downstreams among the skipped tasks are in its component,
       so no skipped task becomes schedulable before it is told itself;
-    * a task outside the set (one that runs) reads the outputs of its skipped upstream tasks,
-      near or far (``xcom_pull`` of any upstream). It can start only once its direct upstreams
-      ended; the skipped ones end by being told. So the message that tells the *last* of the
-      components holding its skipped direct upstreams is sent after the outputs of all its
-      skipped upstreams, near or far, are written. A far one reached through a task that runs
-      was written before that task could start, by the same rule. Every other message needs
-      no write before it.
+    * before a component is told, the outputs of its tasks *and of every skipped task
+      upstream of them* (through any task, skipped or not) are written. A task that runs reads
+      the outputs of its upstream tasks, near or far (``xcom_pull`` of any upstream); it can
+      start only once its upstreams ended, and an upstream ends here by being told (its
+      component's upstream outputs were written first) or by running (and it started, by the
+      same rule, after the outputs upstream of it were written). So no task that runs reads
+      an output before it is written.
 
-    The order:
-
-    1. the components whose message needs no write, except those below the deciding task
-       (``own_task_id``): one message each, at once. Each one that comes before the first
-       tasks above it end (the run's other first tasks, which decide for themselves) spares
-       its tasks a process: told first, they are skipped before Airflow can schedule them.
-       Not one that would make a component of step 2 the last of a wider wait (the 50-table
-       ``merge`` waits for every line, the restarted load's too): that one waits for step 2;
-    2. the components that let a task run (a task outside the set whose skipped direct
-       upstreams are all in it: the restarted load, on the run's critical path), each after
-       only the outputs that task reads;
-    3. the others, those below the deciding task last (none of their tasks can be scheduled
-       before this try ends), fewest writes first;
-    4. a last step writes the outputs no message needed (those of skipped tasks with nothing
-       that runs below them), with no message: every replayed output is readable.
+    The components that let a task run go first (a task outside the set whose skipped
+    upstreams are all in that component: the restarted load, on the run's critical path),
+    then the others, fewest XCom writes first: the sooner a component is told, the less time
+    its first tasks have to be scheduled by Airflow ahead of the message and take a process.
+    A component below the deciding task (``own_task_id``) goes after those: none of its tasks
+    can be scheduled before this try ends.
     """
     by_id = {s.task_id: s for s in skipped}
     position = {task_id: i for i, task_id in enumerate(by_id)}
-    tasks = dag.task_dict
     components: list[list[str]] = []
-    component_of: dict[str, int] = {}
+    seen: set[str] = set()
     for start in by_id:
-        if start in component_of:
+        if start in seen:
             continue
-        component_of[start] = len(components)
+        seen.add(start)
         members, stack = [], [start]
         while stack:
             task_id = stack.pop()
             members.append(task_id)
-            for other in (*tasks[task_id].upstream_task_ids, *tasks[task_id].downstream_task_ids):
-                if other in by_id and other not in component_of:
-                    component_of[other] = len(components)
+            task = dag.task_dict[task_id]
+            for other in (*task.upstream_task_ids, *task.downstream_task_ids):
+                if other in by_id and other not in seen:
+                    seen.add(other)
                     stack.append(other)
         components.append(sorted(members, key=position.__getitem__))
 
-    def skipped_upstream(task_id: str) -> set[str]:
-        """The skipped tasks upstream of ``task_id``, near or far."""
-        found, stack = set(), [task_id]
+    def skipped_upstream(members: list[str]) -> set[str]:
+        """The skipped tasks upstream of ``members``, near or far, and ``members``."""
+        found, stack = set(members), list(members)
         while stack:
-            for up in tasks[stack.pop()].upstream_task_ids:
+            for up in dag.task_dict[stack.pop()].upstream_task_ids:
                 if up not in found:
                     found.add(up)
                     stack.append(up)
-        return found & by_id.keys()
+        return {task_id for task_id in found if task_id in by_id}
 
-    # For each task that runs below the set: the components of its skipped direct upstreams,
-    # and the outputs it may read.
-    waits: dict[str, set[int]] = {}
-    for task_id in by_id:
-        for down in tasks[task_id].downstream_task_ids:
-            if down not in by_id:
-                waits.setdefault(down, set()).add(component_of[task_id])
-    reads = {down: skipped_upstream(down) for down in waits}
+    def lets_a_task_run(members: list[str]) -> bool:
+        inside = set(members)
+        for task_id in members:
+            for down in dag.task_dict[task_id].downstream_task_ids:
+                if down in by_id:
+                    continue
+                ups = dag.task_dict[down].upstream_task_ids
+                if all(up in inside for up in ups if up in by_id):
+                    return True
+        return False
 
-    def completes(i: int, told: set[int]) -> list[str]:
-        """The tasks that can start once component ``i`` is told after ``told``."""
-        return [t for t, comps in waits.items() if i in comps and comps <= told | {i}]
+    def below_own_task(members: list[str]) -> bool:
+        return any(own_task_id in dag.task_dict[t].upstream_task_ids for t in members)
 
-    def lets_a_task_run(i: int) -> bool:
-        return any(comps == {i} for comps in waits.values())
-
-    def below_own_task(i: int) -> bool:
-        return any(own_task_id in tasks[t].upstream_task_ids for t in components[i])
-
+    needs = [skipped_upstream(members) for members in components]
+    order = sorted(
+        range(len(components)),
+        key=lambda i: (
+            not lets_a_task_run(components[i]),
+            below_own_task(components[i]),
+            len(needs[i]),
+            i,
+        ),
+    )
     out: list[Step] = []
-    told: set[int] = set()
     written: set[str] = set()
-    remaining = list(range(len(components)))
-    while remaining:
-
-        def needs(i: int, after: set[int] = told) -> set[str]:
-            return set().union(*(reads[t] for t in completes(i, after))) - written
-
-        def burdens_a_runner(i: int) -> bool:
-            """Whether telling ``i`` now would leave a component that lets a task run with
-            more to write before its own message (it would be the last of a wider wait)."""
-            return any(
-                needs(j, told | {i}) > needs(j) for j in remaining if j != i and lets_a_task_run(j)
-            )
-
-        def rank(i: int) -> tuple[int, bool, int, int]:
-            need = needs(i)
-            quiet = not need and not below_own_task(i) and not burdens_a_runner(i)
-            group = 0 if quiet else 1 if lets_a_task_run(i) else 2
-            return group, below_own_task(i), len(need), i
-
-        i = min(remaining, key=rank)
-        write = sorted(needs(i), key=position.__getitem__)
+    for i in order:
+        write = sorted(needs[i] - written, key=position.__getitem__)
         written.update(write)
-        told.add(i)
-        remaining.remove(i)
         out.append(
             Step(
                 write=tuple(by_id[t] for t in write),
                 tell=tuple(by_id[t] for t in components[i]),
             )
         )
-    rest = [t for t in by_id if t not in written]
-    if rest:
-        out.append(Step(write=tuple(by_id[t] for t in rest), tell=()))
     return out
 
 
@@ -299,6 +269,4 @@ def _skip_in_airflow(skipped: Sequence[SkippedAhead]) -> None:
     from airflow.sdk.execution_time.comms import SkipDownstreamTasks
     from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
 
-    if not skipped:
-        return
     SUPERVISOR_COMMS.send(SkipDownstreamTasks(tasks=[(s.task_id, keys.UNMAPPED) for s in skipped]))

@@ -289,9 +289,7 @@ def test_skip_ahead_tells_a_component_at_once_the_one_unblocking_a_task_first() 
 
 def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
     """Nothing below the deciding task can be scheduled before it ends: the other components,
-    whose first tasks' upstreams may end any moment, are told first. ``m`` waits for both
-    components: the first message needs no write; the last one comes after all ``m`` reads
-    (decision 0114)."""
+    whose first tasks' upstreams may end any moment, are told first."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -299,21 +297,18 @@ def test_skip_ahead_tells_the_component_below_the_deciding_task_last() -> None:
         t = {name: BaseOperator(task_id=name) for name in "abcefm"}
         chain(t["a"], t["b"], t["c"], t["m"])  # a, e: first tasks; m runs
         chain(t["e"], t["f"], t["m"])
-    assert _steps_of(dag, "bcf") == [("", "bc"), ("bcf", "f")]
-    assert _steps_of(dag, "bcf", "e") == [("", "bc"), ("bcf", "f")]
-    assert _steps_of(dag, "bcf", "a") == [("", "f"), ("bcf", "bc")]
+    assert _steps_of(dag, "bcf") == [("f", "f"), ("bc", "bc")]  # fewest writes first
+    assert _steps_of(dag, "bcf", "e") == [("bc", "bc"), ("f", "f")]
+    assert _steps_of(dag, "bcf", "a") == [("f", "f"), ("bc", "bc")]
 
 
 @pytest.mark.parametrize("own", ["load_01", "load_11", "load_41"])
-def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once(own: str) -> None:
-    """The 50-table story resumed (decision 0114): five lines of ten loads, and ``merge``,
-    which reads all fifty; load 48 runs again, the five first loads decide for themselves
-    (``own`` is the deciding one). Three lines are told first with no write: ``merge`` still
-    waits, so the other first loads, which end within a second, find their lines skipped
-    already and Airflow starts nothing for them. Then line 5, after the six outputs load 48
-    reads, so that it starts early; then the last line, after every output ``merge`` reads.
-    With ``load_41`` deciding, line 5 is below it and was the last of ``merge``'s wait: the
-    fourth line waits for it, or line 5 would carry every write before load 48 could start."""
+def test_skip_ahead_on_the_fifty_tables(own: str) -> None:
+    """The 50-table story resumed: five lines of ten loads, and ``merge``, which reads all
+    fifty; load 48 runs again, the five first loads decide for themselves (``own`` is the
+    deciding one). Line 5 goes first, after its six outputs, so that load 48 starts early,
+    even when it is the deciding load's own line; then the other lines, each after its own
+    outputs; the deciding load's line last."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -330,25 +325,18 @@ def test_skip_ahead_on_the_fifty_tables_tells_the_other_lines_at_once(own: str) 
     firsts = {names[line] for line in range(0, 50, 10)}
     ahead = [x for x in names[:47] if x not in firsts]
     plan = steps(dag, [SkippedAhead(x, i, "", True, x) for i, x in enumerate(ahead)], own)
-
-    def ids(xs: Any) -> list[str]:
-        return [s.task_id for s in xs]
-
     line = {n: [x for x in ahead if names.index(x) // 10 == n] for n in range(5)}
-    below = names.index(own) // 10  # the line below the deciding load
-    last = below if below != 4 else 3
-    quiet = [n for n in range(4) if n != last]
-    assert [(ids(s.write), ids(s.tell)) for s in plan] == [
-        *(([], line[n]) for n in quiet),
-        (line[4], line[4]),
-        ([x for n in range(4) for x in line[n]], line[last]),
+    below = names.index(own) // 10
+    others = [n for n in range(4) if n != below]
+    order = [4, *others, *([below] if below != 4 else [])]
+    assert [([s.task_id for s in step.write], [s.task_id for s in step.tell]) for step in plan] == [
+        (line[n], line[n]) for n in order
     ]
 
 
 def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it() -> None:
     """A task that runs may pull the output of any upstream task, also across a task that
-    runs (``a -> m -> s -> n``): ``s``'s message waits for ``a``'s output too. Outputs that
-    nothing below reads are still written, in a last step with no message."""
+    runs (``a -> m -> s -> n``): ``s``'s message waits for ``a``'s output too."""
     from airflow.sdk import DAG, chain
     from airflow.sdk.bases.operator import BaseOperator
 
@@ -356,8 +344,7 @@ def test_skip_ahead_writes_the_outputs_upstream_of_a_component_before_telling_it
         t = {name: BaseOperator(task_id=name) for name in "amsnxyz"}
         chain(t["a"], t["m"], t["s"], t["n"])  # m and n run; a and s are skipped
         t["a"] >> [t["x"], t["y"], t["z"]]  # a's component is larger than s's needs
-    # m needs only a's output; n needs a's and s's; x, y, z are written last, unasked.
-    assert _steps_of(dag, "axyzs") == [("a", "axyz"), ("s", "s"), ("xyz", "")]
+    assert _steps_of(dag, "axyzs") == [("as", "s"), ("xyz", "axyz")]
 
 
 @pytest.mark.parametrize("seed", range(150))
@@ -365,8 +352,9 @@ def test_skip_ahead_order_is_safe_on_random_dags(seed: int) -> None:
     """On random DAGs and skipped sets: (1) when a message is sent, every skipped task not yet
     told that has a skipped upstream still has one not told (it is not schedulable); (2) any
     task outside the set that could start then (its upstreams ended: told, or outside the set)
-    finds the outputs of all its skipped upstreams, near or far, written. A task outside the
-    set may have ended once its upstreams ended."""
+    finds the outputs of all its skipped upstreams, near or far, written; (3) a task told is
+    one whose output is written, for any task that may read it (the deciding task may die
+    after any step). A task outside the set may have ended once its upstreams ended."""
     import random
 
     from airflow.sdk import DAG
@@ -416,6 +404,13 @@ def test_skip_ahead_order_is_safe_on_random_dags(seed: int) -> None:
             if dag.task_dict[x].upstream_task_ids <= ended:
                 missing = (ancestors(x) & skipped) - written
                 assert not missing, f"{x} may start before the outputs of {missing}"
+            # (3) If the deciding task dies here (or a write fails), the tasks not told yet
+            # start, skip themselves and write their own outputs; the deciding task is retried
+            # or cleared without skipping ahead again. So a task told already must have its
+            # output written, for every task that may read it (decision 0114: telling first and
+            # writing after broke this).
+            unwritten = (ancestors(x) & told) - written
+            assert not unwritten, f"{x} may read {unwritten}, told but not written"
     assert told == skipped
     assert written == skipped
     assert sum(len(step.tell) for step in plan) == len(skipped)
