@@ -8,8 +8,9 @@
 * A nested batch through a DEFERRABLE ``TriggerDagRunOperator``: the trigger task waits for the
   child run in the triggerer and resumes in a worker; the resumed parent triggers a child run
   that resumes the failed child's lineage instead of rerunning it.
-* A LocalExecutor worker killed with SIGKILL while it supervises a task: its replacement is
-  forked from the scheduler, and no catalog connection is ever shared between processes (each
+* A LocalExecutor worker killed with SIGKILL while it supervises a task: the other workers (and
+  any replacement, forked from the scheduler when Airflow needs one) carry on, and no catalog
+  connection is ever shared between processes (each
   catalog backend of ``pg_stat_activity`` belongs to exactly one process, never the scheduler's
   nor a worker's). The killed task is closed by Airflow's heartbeat timeout and retried by the
   next run.
@@ -413,10 +414,12 @@ def test_killed_local_executor_worker_is_replaced_without_sharing_a_catalog_sess
     rows2 = env.catalog.task_rows(deployment, CHAIN, run2)
     assert rows2["transform"].OriginalExecutionID == killed.OriginalExecutionID
 
-    # The killed worker was replaced by a new fork of the scheduler...
+    # The killed worker is gone and the scheduler is the same. Airflow forks a replacement only
+    # when a queued task finds the queue unread at its next check (LocalExecutor._check_workers):
+    # with three idle workers left it may not, so a new worker is not required here; any that
+    # appeared is a child of the scheduler (_worker_pids), and the check below covers it...
     workers_after = _worker_pids(deployment)
     assert worker.pid not in workers_after
-    assert workers_after - workers_before, (workers_before, workers_after)
     assert deployment.pids()["scheduler"] == scheduler_pid
     # ...and every catalog connection seen while run 2 ran belonged to one process only, never
     # to the scheduler or a LocalExecutor worker (the processes a fork would copy it from).
