@@ -354,11 +354,11 @@ def _build_task_facts(cat: Catalog) -> Select[Any]:
     # whole table on every call, a seq scan of a few pages being the cheaper guess than an
     # index probe (a third of the statement's server time; decision 0108, Update).
     C = cat.s.ExecutionCheckpoint
-    cc, from_, where = landed_copies(
+    landed, from_, where = landed_copies(
         cat, b.c.LineageID, tp.c.PackageID, item, correlate=(b, tp), name="landed_"
     )
     landed_id = (
-        select(func.max(cc.c.CheckpointID))
+        select(func.max(landed.c.CheckpointID))
         .select_from(from_)
         .where(*where)
         .correlate(b, tp)
