@@ -28,7 +28,16 @@ def runs_awaiting_evidence_txn(
     batches: the lineage was chosen when that batch was created (the evidence was read before,
     by the task start that created it), and no later decision of this run reads the older
     lineage's rows. Without this, every task start of every fresh run asked Airflow again about
-    the previous, cleanly closed run (one execution-API call per task, issue 12)."""
+    the previous, cleanly closed run (one execution-API call per task, issue 12).
+
+    When ``run_id``'s batch exists in the same lineage (a resumed run after its first task
+    start), the runs are listed with ``batch_started``: the start that created the batch read
+    the whole runs' evidence (DAG run states included) and chose the lineage with it; what is
+    left for a later start is its own task's rows, the only rows of those runs its decision
+    reads. A settled run is then not listed (only a DAG run marked failed could contradict it,
+    and that decides the lineage, already chosen), and no task ids are read. Without this,
+    every task start of a resumed run asked Airflow for every run's state and every task's
+    state, and locked the earlier batch to compare them all (issue 12)."""
     fetched = conn.execute(batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
     rows = [r for r in fetched if r.RunId != run_id][:limit]
     own = next((r for r in fetched if r.RunId == run_id), None)
@@ -48,8 +57,13 @@ def runs_awaiting_evidence_txn(
             and r.EndTime is not None
             and not r.has_active
         )
-        if settled and out:
-            continue  # an older clean batch of the lineage: superseded by the newer
+        if settled and (out or own is not None):
+            # An older clean batch of the lineage, superseded by the newer; or the lineage
+            # was already chosen by this run's batch start.
+            continue
+        if own is not None:
+            out.append(RunAwaitingEvidence(str(r.RunId), int(r.ExecutionID), settled, (), True))
+            continue
         out.append(
             RunAwaitingEvidence(
                 str(r.RunId), int(r.ExecutionID), settled, task_ids_txn(cat, conn, r)

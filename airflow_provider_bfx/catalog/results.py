@@ -132,6 +132,10 @@ class RunAwaitingEvidence:
     #: Closed cleanly (S, ended, no active row): only the DAG run's state needs asking.
     settled: bool
     task_ids: tuple[str, ...]
+    #: The asking run's own batch already exists in this lineage: the start that created it
+    #: read the whole run's evidence and chose the lineage, so this start's decision reads
+    #: only its own task's rows of this run (``task_ids`` is then empty: ask for the own task).
+    batch_started: bool = False
 
 
 @dataclass(frozen=True)

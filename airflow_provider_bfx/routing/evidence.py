@@ -10,7 +10,10 @@ API: no metadata DB access from the task; for a batch that closed cleanly only t
 state, one small call), and the store adopts what differs
 (:mod:`airflow_provider_bfx.catalog.evidence`). Once the run's batch has started a new lineage,
 the store lists nothing and Airflow is not asked: the earlier lineage decides nothing in this run
-(:func:`airflow_provider_bfx.catalog.adoption.runs_awaiting_evidence_txn`). No SQL here.
+(:func:`airflow_provider_bfx.catalog.adoption.runs_awaiting_evidence_txn`). Once it has resumed
+the lineage, a later start asks only for its own task's instances in the runs listed, in one
+call: the start that created the batch read the rest, and a later start's decision reads only
+its own task's rows of those runs. No SQL here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from airflow_provider_bfx.catalog import keys
 from airflow_provider_bfx.catalog.evidence import RUN_FAILED
+from airflow_provider_bfx.catalog.results import RunAwaitingEvidence
 from airflow_provider_bfx.catalog.store import CatalogStore, RunEvidence
 
 log = logging.getLogger("airflow_provider_bfx.routing")
@@ -54,8 +58,14 @@ def task_states_of_run(
     return {state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()}
 
 
-def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: str) -> None:
+def adopt_airflow_outcomes(
+    ti: Any, store: CatalogStore, dag_id: str, run_id: str, task_id: str
+) -> None:
     """Adopt Airflow's outcome of the earlier runs this start may depend on (see module doc).
+
+    Once this run's batch exists, the runs are listed ``batch_started`` and only ``task_id``'s
+    instances in them are asked for, in one call for all of them: its own rows are all this
+    start's decision reads of those runs (:func:`.adoption.runs_awaiting_evidence_txn`).
 
     An Airflow read that fails (a run deleted from the metadata DB, the API server briefly away)
     leaves those rows as the catalog has them, and says so: the catalog's own rules (leases,
@@ -65,8 +75,10 @@ def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: st
     runs = store.runs_awaiting_evidence(dag_id, run_id)
     if not runs:
         return
-    found: list[RunEvidence] = []
+    found = _own_task_evidence(ti, dag_id, task_id, [r for r in runs if r.batch_started])
     for run in runs:
+        if run.batch_started:
+            continue
         try:
             dag_run_state = state_text(ti.get_dagrun_state(dag_id=dag_id, run_id=run.run_id))
         except Exception as exc:
@@ -85,6 +97,30 @@ def adopt_airflow_outcomes(ti: Any, store: CatalogStore, dag_id: str, run_id: st
         found.append(RunEvidence(run.run_id, dag_run_state, states))
     if found:
         store.adopt_airflow_states(dag_id, found)
+
+
+def _own_task_evidence(
+    ti: Any, dag_id: str, task_id: str, runs: list[RunAwaitingEvidence]
+) -> list[RunEvidence]:
+    """Airflow's states of ``task_id``'s instances in ``runs``: one call for all of them. The
+    DAG run states are not asked: the batch start of this run adopted them."""
+    if not runs:
+        return []
+    run_ids = [run.run_id for run in runs]
+    try:
+        states = ti.get_task_states(dag_id=dag_id, run_ids=run_ids, task_ids=[task_id])
+    except Exception as exc:
+        _unreadable(dag_id, ",".join(run_ids), exc)
+        return []
+    task_ids = {task_id}
+    return [
+        RunEvidence(
+            run_id,
+            None,
+            {state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()},
+        )
+        for run_id in run_ids
+    ]
 
 
 def _unreadable(dag_id: str, run_id: str, exc: Exception) -> None:

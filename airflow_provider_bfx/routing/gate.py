@@ -98,7 +98,7 @@ def gate(context: Any) -> None:
 
     try:
         store = get_store(settings.catalog_conn_id)
-        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id)
+        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id, key.task_id)
         if all_success_restored(key.dag_id, key.task_id):
             require_upstreams(ti, store, key)
         facts = task_facts(parse_task)

@@ -126,9 +126,13 @@ def test_a_run_whose_batch_started_a_new_lineage_awaits_no_evidence(catalog_url:
     failed = store.start_task(TaskSpec(b3, "a"))
     store.end_task(failed.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
     store.end_batch("wh", "run_3", succeeded=False)
+    (before,) = store.runs_awaiting_evidence("wh", "run_4")
+    assert (before.run_id, before.batch_started, before.task_ids) == ("run_3", False, ("a",))
     store.start_task(TaskSpec(BatchSpec("wh", "run_4"), "a"))
     assert batch_row(store, "wh", "run_4").LineageID == batch_row(store, "wh", "run_3").LineageID
-    assert [w.run_id for w in store.runs_awaiting_evidence("wh", "run_4")] == ["run_3"]
+    # Its later starts: only their own task's rows of run_3 (the lineage is chosen).
+    (after,) = store.runs_awaiting_evidence("wh", "run_4")
+    assert (after.run_id, after.batch_started, after.task_ids) == ("run_3", True, ())
 
 
 def test_an_active_row_lost_to_an_outage_is_closed_with_airflows_success(catalog_url: str) -> None:

@@ -1,0 +1,120 @@
+"""What a task start asks Airflow about earlier runs (DESIGN.md §4 "Airflow's outcome is
+evidence"; issue 12).
+
+The first start of a resumed run (the one that creates its batch and chooses the lineage) reads
+the failed run's whole record: the DAG run's state and every task's state. Every later start
+of that run asks only for its own task's instances, in one call for all runs awaiting
+evidence: its own rows are all its decision reads of them. Before, each of them asked both
+questions for the whole run and locked the failed batch to compare them, ~0.15-0.3 s of every
+resumed run's task on a busy 2-core deployment.
+
+Real SQLite catalog, real rows. The task instance is a stand-in answering ``get_task_states``
+and ``get_dagrun_state`` from dicts (Airflow's record, hand-made marks included) and recording
+each question; the deployment tests prove the same evidence end to end
+(``tests/deployment/test_drift_deployment.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
+from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.catalog.txn import utcnow
+from airflow_provider_bfx.routing.evidence import adopt_airflow_outcomes
+from tests.story import batch_row, deployed_store
+
+DAG_ID = "evidence_reads"
+TASKS = ("a", "b", "c")
+
+
+class AirflowRecord:
+    """A task instance's view of Airflow's record: run states and task states by run."""
+
+    def __init__(self, runs: dict[str, str], tasks: dict[str, dict[str, str]]) -> None:
+        self.runs = runs
+        self.tasks = tasks
+        self.asked: list[tuple[str, ...]] = []
+
+    def get_dagrun_state(self, *, dag_id: str, run_id: str) -> str:
+        self.asked.append(("dag_run", run_id))
+        return self.runs[run_id]
+
+    def get_task_states(
+        self, *, dag_id: str, run_ids: list[str], task_ids: list[str]
+    ) -> dict[str, dict[str, str]]:
+        self.asked.append(("tasks", ",".join(run_ids), ",".join(sorted(task_ids))))
+        return {r: {t: s for t, s in self.tasks[r].items() if t in task_ids} for r in run_ids}
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[CatalogStore]:
+    deployed = deployed_store(sqlite_url, clock=utcnow)
+    try:
+        yield deployed
+    finally:
+        deployed.engine.dispose()
+
+
+def failed_run(store: CatalogStore) -> None:
+    """run_1: ``a`` succeeded, ``b`` failed (final), ``c`` never started; the run failed."""
+    batch = BatchSpec(DAG_ID, "run_1")
+    a = store.start_task(TaskSpec(batch, "a"))
+    store.end_task(a.execution_id, TaskOutcome.SUCCESS)
+    b = store.start_task(TaskSpec(batch, "b"))
+    store.end_task(b.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch(DAG_ID, "run_1", succeeded=False)
+
+
+def test_the_batch_creating_start_reads_the_whole_failed_run(store: CatalogStore) -> None:
+    failed_run(store)
+    airflow = AirflowRecord(
+        {"run_1": "failed"}, {"run_1": {"a": "success", "b": "failed", "c": "upstream_failed"}}
+    )
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "a")
+    assert airflow.asked == [("dag_run", "run_1"), ("tasks", "run_1", "a,b")]
+
+
+def test_a_later_start_asks_only_for_its_own_task(store: CatalogStore) -> None:
+    failed_run(store)
+    run_2 = BatchSpec(DAG_ID, "run_2")
+    assert store.start_task(TaskSpec(run_2, "a")).run is Run.SKIP  # creates the resumed batch
+    lineage = batch_row(store, DAG_ID, "run_1").LineageID
+    assert batch_row(store, DAG_ID, "run_2").LineageID == lineage
+    # While run_2 goes on, the on-call fixes b's data by hand and marks it success in run_1.
+    airflow = AirflowRecord(
+        {"run_1": "failed"}, {"run_1": {"a": "success", "b": "success", "c": "upstream_failed"}}
+    )
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
+    assert airflow.asked == [("tasks", "run_1", "b")]  # one question, no DAG run state
+    b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
+    assert (b1.ExecutionStatus, b1.NextLoadStatus) == ("S", "C")  # adopted, batch failed
+    assert store.start_task(TaskSpec(run_2, "b")).run is Run.SKIP  # not run again
+    batch1 = batch_row(store, DAG_ID, "run_1")
+    assert (batch1.ExecutionStatus, batch1.NextLoadStatus) == ("F", "R")  # the batch: untouched
+
+
+def test_a_later_start_leaves_other_tasks_to_their_own_starts(store: CatalogStore) -> None:
+    failed_run(store)
+    run_2 = BatchSpec(DAG_ID, "run_2")
+    store.start_task(TaskSpec(run_2, "a"))
+    airflow = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "c")
+    assert airflow.asked == [("tasks", "run_1", "c")]
+    b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
+    assert b1.ExecutionStatus == "F"  # c's decision does not read b's row: b's start adopts it
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
+    b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
+    assert b1.ExecutionStatus == "S"
+
+
+def test_a_later_start_of_a_fresh_lineage_asks_nothing(store: CatalogStore) -> None:
+    batch = BatchSpec(DAG_ID, "run_1")
+    store.end_task(store.start_task(TaskSpec(batch, "a")).execution_id, TaskOutcome.SUCCESS)
+    store.end_batch(DAG_ID, "run_1", succeeded=True)
+    store.start_task(TaskSpec(BatchSpec(DAG_ID, "run_2"), "a"))
+    airflow = AirflowRecord({"run_1": "success"}, {"run_1": {"a": "success"}})
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
+    assert airflow.asked == []
