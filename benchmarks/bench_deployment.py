@@ -215,6 +215,13 @@ class Sample:
     since: datetime | None = None
     tis: list[dict[str, Any]] = field(default_factory=list)
     ended: datetime | None = None
+    #: Seconds from each task process's last log line to the end date Airflow recorded, by
+    #: task id (:func:`report_lags`): Airflow's supervisor sometimes reports an end late.
+    lags: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def late_ends(self) -> int:
+        return sum(1 for lag in self.lags.values() if lag > LATE_END_SECONDS)
 
     @property
     def timed(self) -> bool:
@@ -244,6 +251,48 @@ def xcom_writes(log_path: Path, dag_id: str, run_id: str, since: datetime) -> tu
                 count += 1
                 seconds += int(m["us"]) / 1e6
     return count, seconds
+
+
+#: An end Airflow recorded this long after the task's last log line was reported late.
+LATE_END_SECONDS = 3.0
+
+
+def report_lags(
+    logs: Path, dag_id: str, run_id: str, tis: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Seconds from the last line each task process logged (its task log's last timestamp) to
+    the end date Airflow recorded for that try, by task id (unmapped tries with a process).
+
+    Normally a few tens of milliseconds. Airflow's task supervisor (Airflow 3.3.2) sometimes
+    reports an end up to ``[workers] min_heartbeat_interval`` (5 s) late, in plain and routed
+    runs alike: when the task process's last socket closes before the process can be reaped,
+    the supervisor's loop waits for its next heartbeat tick to notice the exit. A run's wall
+    time moves by those seconds whenever the late task is on its critical path, so the report
+    counts them."""
+    out: dict[str, float] = {}
+    for ti in tis:
+        end = parse_time(ti.get("end_date"))
+        if not ti.get("hostname") or end is None or ti.get("map_index", -1) != -1:
+            continue
+        path = (
+            logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={ti['task_id']}"
+            / f"attempt={ti.get('try_number', 1)}.log"
+        )  # fmt: skip
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        last: datetime | None = None
+        for line in lines:
+            m = _LOG_TIME.search(line)
+            if m is not None:
+                last = parse_time(m["ts"])
+        if last is not None:
+            out[str(ti["task_id"])] = (end - last).total_seconds()
+    return out
+
+
+_LOG_TIME = re.compile(r'"timestamp":\s*"(?P<ts>[^"]+)"')
 
 
 class Bench:
@@ -298,6 +347,7 @@ class Bench:
             since=since,
             tis=tis,
             ended=end,
+            lags=report_lags(self.deployment.airflow_home / "logs", dag_id, run_id, tis),
         )
         self.samples.append(sample)
         log(
@@ -496,9 +546,13 @@ def timeline(sample: Sample) -> list[str]:
     head = f"  {'task':<16} {'state':<8} {'queued':>6} {'start':>6} {'end':>6}"
     out = [head + "  (s from the action)"]
     for _, ti, (queued, start, end) in sorted(rows, key=lambda r: r[0]):
+        lag = sample.lags.get(str(ti["task_id"]))
+        late = ""
+        if lag is not None and lag > LATE_END_SECONDS:
+            late = f"  end reported {lag:.1f} s after its last log line"
         out.append(
             f"  {ti['task_id']:<16} {str(ti.get('state')):<8} {show(queued)} {show(start)}"
-            f" {show(end)}"
+            f" {show(end)}{late}"
         )
     # Those with no process end together, one group per skip message (decision 0106).
     told: dict[float, list[str]] = {}
@@ -578,6 +632,7 @@ def report(
                 fmt(s.cpu.get("machine", float("nan"))),
                 str(s.xcom_writes),
                 f"{s.xcom_seconds:.2f}",
+                f"{s.late_ends}/{len(s.lags)}",
                 f"{s.load[0]:.2f} -> {s.load[1]:.2f}",
             ]
         )
@@ -593,10 +648,11 @@ def report(
             "CPU s machine",
             "XCom writes",
             "their api s",
+            "late ends",
             "load 1m",
         ],
         rows,
-        "lllrrrrrrrl",
+        "lllrrrrrrrrl",
     )
     rep(
         "  XCom writes: POST /execution/xcoms/<dag>/<run>/... of the run that the api-server"
@@ -605,6 +661,11 @@ def report(
     rep(
         "  task procs: task instances of the run started within the window (start_date) in a"
         " task process (hostname set)"
+    )
+    rep(
+        f"  late ends: tries whose end Airflow recorded more than {LATE_END_SECONDS:.0f} s after"
+        " the task's last log line, of those with a process (Airflow's supervisor noticing the"
+        " exit on its next heartbeat tick, up to 5 s; plain and routed alike)"
     )
     rep(
         "  CPU s deploy: every process of the four components and their descendants (task"

@@ -10,13 +10,19 @@ from sqlalchemy import Connection, Select, bindparam, exists, func, insert, sele
 from airflow_provider_bfx.catalog import evidence, keys
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, Token, format_token, parse_status
-from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence
+from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence, TaskRowStatus
 from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag
 from airflow_provider_bfx.catalog.txn import Catalog
 
 
 def runs_awaiting_evidence_txn(
-    cat: Catalog, conn: Connection, dag_id: str, run_id: str, *, limit: int = 5
+    cat: Catalog,
+    conn: Connection,
+    dag_id: str,
+    run_id: str,
+    *,
+    task_id: str | None = None,
+    limit: int = 5,
 ) -> list[RunAwaitingEvidence]:
     """The batches of ``dag_id``'s latest lineage (other than ``run_id``, newest first, at
     most ``limit``) whose rows Airflow may contradict. A batch that closed cleanly
@@ -35,7 +41,9 @@ def runs_awaiting_evidence_txn(
     the whole runs' evidence (DAG run states included) and chose the lineage with it; what is
     left for a later start is its own task's rows, the only rows of those runs its decision
     reads. A settled run is then not listed (only a DAG run marked failed could contradict it,
-    and that decides the lineage, already chosen), and no task ids are read. Without this,
+    and that decides the lineage, already chosen), and no task ids are read; with ``task_id``
+    (the asking task), its latest rows in each run are read, so that the adoption transaction
+    (which locks that batch) runs only where Airflow disagrees with one. Without this,
     every task start of a resumed run asked Airflow for every run's state and every task's
     state, and locked the earlier batch to compare them all (issue 12)."""
     fetched = conn.execute(batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
@@ -62,7 +70,12 @@ def runs_awaiting_evidence_txn(
             # was already chosen by this run's batch start.
             continue
         if own is not None:
-            out.append(RunAwaitingEvidence(str(r.RunId), int(r.ExecutionID), settled, (), True))
+            rows_of_task = None if task_id is None else task_rows_txn(cat, conn, r, task_id)
+            out.append(
+                RunAwaitingEvidence(
+                    str(r.RunId), int(r.ExecutionID), settled, (), True, rows_of_task
+                )
+            )
             continue
         out.append(
             RunAwaitingEvidence(
@@ -98,6 +111,31 @@ def batches_query(cat: Catalog, limit: int) -> Select[Any]:
         )
 
     return cat.memo(f"batches_awaiting_evidence_{limit}", build)
+
+
+def task_rows_txn(
+    cat: Catalog, conn: Connection, batch: Any, task_id: str
+) -> tuple[TaskRowStatus, ...]:
+    """The status of ``task_id``'s latest try row of each map index under ``batch`` (a row of
+    :func:`batches_query`): the rows an adoption of that task's evidence would compare."""
+    E = cat.s.Execution
+    latest: dict[int, Any] = {}
+    for r in conn.execute(
+        select(E.c.ExecutionID, E.c.MapIndex, E.c.ExecutionStatus)
+        .where(E.c.ParentExecutionID == batch.ExecutionID, E.c.TaskId == task_id)
+        .order_by(E.c.ExecutionID)
+    ):
+        latest[int(r.MapIndex)] = r
+    return tuple(
+        TaskRowStatus(
+            task_id,
+            map_index,
+            parse_status(
+                r.ExecutionStatus, row=f"{cat.s.qualified(E)} row ExecutionID={r.ExecutionID}"
+            ),
+        )
+        for map_index, r in sorted(latest.items())
+    )
 
 
 def task_ids_txn(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from airflow_provider_bfx.catalog.codes import ExecutionStatus as St
 from airflow_provider_bfx.catalog.codes import NextLoadStatus as Nls
+from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence
 
 #: Airflow task-instance states that end a try (string values of ``TaskInstanceState``).
 SUCCESS = "success"
@@ -94,6 +95,25 @@ def adopt_task(
             f"Airflow recorded {airflow_state}; the try never finished",
         )
     return None
+
+
+def disagrees(waiting: RunAwaitingEvidence, found: RunEvidence) -> bool:
+    """Whether adopting ``found`` would change one of the task rows ``waiting`` carries (its
+    ``task_rows``; without them, assume it would). Whether :func:`adopt_task` changes a row
+    depends on its status and Airflow's state only: ``batch_failed`` and ``copy_landed``
+    choose the NextLoadStatus of a change, never whether there is one."""
+    if waiting.task_rows is None:
+        return True
+    return any(
+        adopt_task(
+            row.status,
+            found.task_states.get((row.task_id, row.map_index)),
+            batch_failed=False,
+            copy_landed=False,
+        )
+        is not None
+        for row in waiting.task_rows
+    )
 
 
 def adopt_batch(current: St, dag_run_state: str | None, *, closed: bool) -> bool | None:

@@ -123,6 +123,15 @@ class BatchEnded:
 
 
 @dataclass(frozen=True)
+class TaskRowStatus:
+    """The status of the latest try row of one task instance in a batch."""
+
+    task_id: str
+    map_index: int
+    status: ExecutionStatus
+
+
+@dataclass(frozen=True)
 class RunAwaitingEvidence:
     """A batch of a DAG's latest lineage whose rows may disagree with what Airflow recorded
     (DESIGN.md §4, evidence)."""
@@ -136,6 +145,9 @@ class RunAwaitingEvidence:
     #: read the whole run's evidence and chose the lineage, so this start's decision reads
     #: only its own task's rows of this run (``task_ids`` is then empty: ask for the own task).
     batch_started: bool = False
+    #: With ``batch_started`` and the asking task named: that task's latest rows in this
+    #: batch, so that Airflow's answer is adopted only where it disagrees with one of them.
+    task_rows: tuple[TaskRowStatus, ...] | None = None
 
 
 @dataclass(frozen=True)

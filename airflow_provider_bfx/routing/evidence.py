@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from airflow_provider_bfx.catalog import keys
-from airflow_provider_bfx.catalog.evidence import RUN_FAILED
+from airflow_provider_bfx.catalog.evidence import RUN_FAILED, disagrees
 from airflow_provider_bfx.catalog.results import RunAwaitingEvidence
 from airflow_provider_bfx.catalog.store import CatalogStore, RunEvidence
 
@@ -65,14 +65,17 @@ def adopt_airflow_outcomes(
 
     Once this run's batch exists, the runs are listed ``batch_started`` and only ``task_id``'s
     instances in them are asked for, in one call for all of them: its own rows are all this
-    start's decision reads of those runs (:func:`.adoption.runs_awaiting_evidence_txn`).
+    start's decision reads of those runs (:func:`.adoption.runs_awaiting_evidence_txn`). Their
+    answer is adopted only where it disagrees with those rows
+    (:func:`airflow_provider_bfx.catalog.evidence.disagrees`): the adoption transaction locks
+    the earlier batch, and every task of a resumed run would otherwise queue on that lock.
 
     An Airflow read that fails (a run deleted from the metadata DB, the API server briefly away)
     leaves those rows as the catalog has them, and says so: the catalog's own rules (leases,
     reconciliation) still apply, exactly as before this evidence existed. Catalog errors
     propagate: the gate turns them into the usual refusal or BFX_CATALOG_UNAVAILABLE.
     """
-    runs = store.runs_awaiting_evidence(dag_id, run_id)
+    runs = store.runs_awaiting_evidence(dag_id, run_id, task_id=task_id)
     if not runs:
         return
     found = _own_task_evidence(ti, dag_id, task_id, [r for r in runs if r.batch_started])
@@ -113,14 +116,15 @@ def _own_task_evidence(
         _unreadable(dag_id, ",".join(run_ids), exc)
         return []
     task_ids = {task_id}
-    return [
-        RunEvidence(
-            run_id,
-            None,
-            {state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()},
+    found = []
+    for run in runs:
+        answer = states.get(run.run_id) or {}
+        run_evidence = RunEvidence(
+            run.run_id, None, {state_key(k, task_ids): state_text(v) for k, v in answer.items()}
         )
-        for run_id in run_ids
-    ]
+        if disagrees(run, run_evidence):
+            found.append(run_evidence)
+    return found
 
 
 def _unreadable(dag_id: str, run_id: str, exc: Exception) -> None:

@@ -171,3 +171,28 @@ def test_plan_names_the_adoption_behind_a_decision(catalog_url: str) -> None:
     (planned,) = operations.plan(store, "wh").tasks
     assert planned.action == "skip" and planned.prior_execution_id == a.execution_id
     assert planned.adopted == "Airflow recorded success; the catalog had F"
+
+
+def test_whether_a_row_changes_does_not_depend_on_the_flags() -> None:
+    """``evidence.disagrees`` (a later start skips the adoption transaction when Airflow
+    agrees) relies on it: ``batch_failed`` and ``copy_landed`` choose only the
+    NextLoadStatus of a change."""
+    states = [
+        None,
+        "success",
+        "failed",
+        "up_for_retry",
+        "skipped",
+        "upstream_failed",
+        "removed",
+        "running",
+        "queued",
+    ]
+    for current in St:
+        for state in states:
+            outcomes = {
+                evidence.adopt_task(current, state, batch_failed=bf, copy_landed=cl) is None
+                for bf in (False, True)
+                for cl in (False, True)
+            }
+            assert len(outcomes) == 1, (current, state)

@@ -16,12 +16,12 @@ each question; the deployment tests prove the same evidence end to end
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
-from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
+from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, RunEvidence, TaskSpec
 from airflow_provider_bfx.catalog.txn import utcnow
 from airflow_provider_bfx.routing.evidence import adopt_airflow_outcomes
 from tests.story import batch_row, deployed_store
@@ -118,3 +118,37 @@ def test_a_later_start_of_a_fresh_lineage_asks_nothing(store: CatalogStore) -> N
     airflow = AirflowRecord({"run_1": "success"}, {"run_1": {"a": "success"}})
     adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
     assert airflow.asked == []
+
+
+def adoptions(store: CatalogStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The runs of each call of the store's adoption (its transaction locks the earlier batch)."""
+    calls: list[list[str]] = []
+    original = store.adopt_airflow_states
+
+    def recorded(dag_id: str, runs: Sequence[RunEvidence]) -> list[str]:
+        calls.append([r.run_id for r in runs])
+        return original(dag_id, runs)
+
+    monkeypatch.setattr(store, "adopt_airflow_states", recorded)
+    return calls
+
+
+def test_a_later_start_adopts_only_what_disagrees(
+    store: CatalogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow agrees with the task's own rows (the common case): no adoption transaction, so
+    the resumed run's tasks do not queue on the earlier batch's lock. It disagrees: adopted."""
+    failed_run(store)
+    store.start_task(TaskSpec(BatchSpec(DAG_ID, "run_2"), "a"))
+    calls = adoptions(store, monkeypatch)
+    agrees = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "failed"}})
+    adopt_airflow_outcomes(agrees, store, DAG_ID, "run_2", "b")
+    adopt_airflow_outcomes(agrees, store, DAG_ID, "run_2", "c")  # no row in run_1: nothing
+    assert calls == []
+    (waiting,) = store.runs_awaiting_evidence(DAG_ID, "run_2", task_id="b")
+    assert [(r.task_id, r.map_index, r.status.value) for r in waiting.task_rows or ()] == [
+        ("b", -1, "F")
+    ]
+    marked = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
+    adopt_airflow_outcomes(marked, store, DAG_ID, "run_2", "b")
+    assert calls == [["run_1"]]
