@@ -21,7 +21,13 @@ def _work(context: Any) -> None:
     ti, conf = context["ti"], context["dag_run"].conf or {}
     pause = (conf.get("sleep") or {}).get(ti.task_id)
     if pause:
-        Path(os.environ["BFX_DEPLOY_LEDGER_DIR"], f"{ti.task_id}.pid").write_text(str(os.getpid()))
+        # Written aside, then renamed: the test polls for the file and must never read it
+        # between its creation and its write (a CI run failed right after the file appeared,
+        # and left it written: most likely int("") of an empty read).
+        pid_file = Path(os.environ["BFX_DEPLOY_LEDGER_DIR"], f"{ti.task_id}.pid")
+        aside = pid_file.with_suffix(".pid.tmp")
+        aside.write_text(str(os.getpid()))
+        os.replace(aside, pid_file)
         time.sleep(float(pause))
     if ti.task_id in (conf.get("fail") or []):
         raise RuntimeError(f"{ti.task_id}: injected failure")
