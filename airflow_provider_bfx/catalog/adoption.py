@@ -10,9 +10,10 @@ from sqlalchemy import Connection, Select, bindparam, exists, func, insert, sele
 from airflow_provider_bfx.catalog import evidence, keys
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, Token, format_token, parse_status
-from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence, TaskRowStatus
+from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence
 from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag
 from airflow_provider_bfx.catalog.txn import Catalog
+from airflow_provider_bfx.catalog.upstreams import latest_task_rows_txn
 
 
 def runs_awaiting_evidence_txn(
@@ -70,7 +71,11 @@ def runs_awaiting_evidence_txn(
             # was already chosen by this run's batch start.
             continue
         if own is not None:
-            rows_of_task = None if task_id is None else task_rows_txn(cat, conn, r, task_id)
+            rows_of_task = (
+                None
+                if task_id is None
+                else tuple(latest_task_rows_txn(cat, conn, dag_id, str(r.RunId), [task_id]))
+            )
             out.append(
                 RunAwaitingEvidence(
                     str(r.RunId), int(r.ExecutionID), settled, (), True, rows_of_task
@@ -111,31 +116,6 @@ def batches_query(cat: Catalog, limit: int) -> Select[Any]:
         )
 
     return cat.memo(f"batches_awaiting_evidence_{limit}", build)
-
-
-def task_rows_txn(
-    cat: Catalog, conn: Connection, batch: Any, task_id: str
-) -> tuple[TaskRowStatus, ...]:
-    """The status of ``task_id``'s latest try row of each map index under ``batch`` (a row of
-    :func:`batches_query`): the rows an adoption of that task's evidence would compare."""
-    E = cat.s.Execution
-    latest: dict[int, Any] = {}
-    for r in conn.execute(
-        select(E.c.ExecutionID, E.c.MapIndex, E.c.ExecutionStatus)
-        .where(E.c.ParentExecutionID == batch.ExecutionID, E.c.TaskId == task_id)
-        .order_by(E.c.ExecutionID)
-    ):
-        latest[int(r.MapIndex)] = r
-    return tuple(
-        TaskRowStatus(
-            task_id,
-            map_index,
-            parse_status(
-                r.ExecutionStatus, row=f"{cat.s.qualified(E)} row ExecutionID={r.ExecutionID}"
-            ),
-        )
-        for map_index, r in sorted(latest.items())
-    )
 
 
 def task_ids_txn(

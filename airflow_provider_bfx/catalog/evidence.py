@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from airflow_provider_bfx.catalog.codes import ExecutionStatus as St
 from airflow_provider_bfx.catalog.codes import NextLoadStatus as Nls
+from airflow_provider_bfx.catalog.codes import parse_status
 from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence
 
 #: Airflow task-instance states that end a try (string values of ``TaskInstanceState``).
@@ -106,8 +107,8 @@ def disagrees(waiting: RunAwaitingEvidence, found: RunEvidence) -> bool:
         return True
     return any(
         adopt_task(
-            row.status,
-            found.task_states.get((row.task_id, row.map_index)),
+            parse_status(row.status_code, row=f"Execution row ExecutionID={row.execution_id}"),
+            found.task_states.get((str(row.task_id), row.map_index)),
             batch_failed=False,
             copy_landed=False,
         )

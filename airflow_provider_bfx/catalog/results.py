@@ -123,15 +123,6 @@ class BatchEnded:
 
 
 @dataclass(frozen=True)
-class TaskRowStatus:
-    """The status of the latest try row of one task instance in a batch."""
-
-    task_id: str
-    map_index: int
-    status: ExecutionStatus
-
-
-@dataclass(frozen=True)
 class RunAwaitingEvidence:
     """A batch of a DAG's latest lineage whose rows may disagree with what Airflow recorded
     (DESIGN.md §4, evidence)."""
@@ -147,7 +138,7 @@ class RunAwaitingEvidence:
     batch_started: bool = False
     #: With ``batch_started`` and the asking task named: that task's latest rows in this
     #: batch, so that Airflow's answer is adopted only where it disagrees with one of them.
-    task_rows: tuple[TaskRowStatus, ...] | None = None
+    task_rows: tuple[ExecutionRecord, ...] | None = None
 
 
 @dataclass(frozen=True)

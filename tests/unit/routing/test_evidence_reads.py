@@ -146,7 +146,7 @@ def test_a_later_start_adopts_only_what_disagrees(
     adopt_airflow_outcomes(agrees, store, DAG_ID, "run_2", "c")  # no row in run_1: nothing
     assert calls == []
     (waiting,) = store.runs_awaiting_evidence(DAG_ID, "run_2", task_id="b")
-    assert [(r.task_id, r.map_index, r.status.value) for r in waiting.task_rows or ()] == [
+    assert [(r.task_id, r.map_index, r.status_code) for r in waiting.task_rows or ()] == [
         ("b", -1, "F")
     ]
     marked = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
