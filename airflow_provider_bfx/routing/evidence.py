@@ -50,12 +50,24 @@ def state_text(state: Any) -> str | None:
     return str(getattr(state, "value", state))
 
 
+def task_states_of_runs(
+    ti: Any, dag_id: str, run_ids: list[str], task_ids: set[str]
+) -> dict[str, dict[tuple[str, int], str | None]]:
+    """Airflow's state of every instance of ``task_ids`` in each of ``run_ids``: one call."""
+    states = ti.get_task_states(dag_id=dag_id, run_ids=run_ids, task_ids=sorted(task_ids))
+    return {
+        run_id: {
+            state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()
+        }
+        for run_id in run_ids
+    }
+
+
 def task_states_of_run(
     ti: Any, dag_id: str, run_id: str, task_ids: set[str]
 ) -> dict[tuple[str, int], str | None]:
     """Airflow's state of every instance of ``task_ids`` in one DAG run."""
-    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id], task_ids=sorted(task_ids))
-    return {state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()}
+    return task_states_of_runs(ti, dag_id, [run_id], task_ids)[run_id]
 
 
 def adopt_airflow_outcomes(
@@ -111,20 +123,12 @@ def _own_task_evidence(
         return []
     run_ids = [run.run_id for run in runs]
     try:
-        states = ti.get_task_states(dag_id=dag_id, run_ids=run_ids, task_ids=[task_id])
+        states = task_states_of_runs(ti, dag_id, run_ids, {task_id})
     except Exception as exc:
         _unreadable(dag_id, ",".join(run_ids), exc)
         return []
-    task_ids = {task_id}
-    found = []
-    for run in runs:
-        answer = states.get(run.run_id) or {}
-        run_evidence = RunEvidence(
-            run.run_id, None, {state_key(k, task_ids): state_text(v) for k, v in answer.items()}
-        )
-        if disagrees(run, run_evidence):
-            found.append(run_evidence)
-    return found
+    found = [RunEvidence(run.run_id, None, states[run.run_id]) for run in runs]
+    return [evidence for run, evidence in zip(runs, found, strict=True) if disagrees(run, evidence)]
 
 
 def _unreadable(dag_id: str, run_id: str, exc: Exception) -> None:
