@@ -144,13 +144,25 @@ class CatalogStore(Catalog):
     # -- Airflow's outcome is evidence --------------------------------------------------------
 
     def runs_awaiting_evidence(
-        self, dag_id: str, run_id: str, *, task_id: str | None = None, limit: int = 5
+        self,
+        dag_id: str,
+        run_id: str,
+        *,
+        task_id: str | None = None,
+        item_fingerprint: str | None = None,
+        limit: int = 5,
     ) -> list[RunAwaitingEvidence]:
         """The batches of ``dag_id``'s latest lineage whose rows Airflow may contradict
         (:func:`.adoption.runs_awaiting_evidence_txn`)."""
         return self.transaction(
             lambda conn: adoption.runs_awaiting_evidence_txn(
-                self, conn, dag_id, run_id, task_id=task_id, limit=limit
+                self,
+                conn,
+                dag_id,
+                run_id,
+                task_id=task_id,
+                item_fingerprint=item_fingerprint,
+                limit=limit,
             ),
             "read",
         )

@@ -33,6 +33,7 @@ def build_statements(cat: Catalog) -> None:
     facts.batch_start_facts_query(cat, with_next_id=True)
     facts.batch_start_facts_query(cat, with_next_id=False)
     upstreams.latest_task_rows_query(cat)
+    upstreams.latest_item_rows_query(cat)
     adoption.batches_query(cat, EVIDENCE_LIMIT + 1)
 
 

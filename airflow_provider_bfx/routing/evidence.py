@@ -51,10 +51,14 @@ def state_text(state: Any) -> str | None:
 
 
 def task_states_of_runs(
-    ti: Any, dag_id: str, run_ids: list[str], task_ids: set[str]
+    ti: Any, dag_id: str, run_ids: list[str], task_ids: set[str], map_index: int | None = None
 ) -> dict[str, dict[tuple[str, int], str | None]]:
-    """Airflow's state of every instance of ``task_ids`` in each of ``run_ids``: one call."""
-    states = ti.get_task_states(dag_id=dag_id, run_ids=run_ids, task_ids=sorted(task_ids))
+    """Airflow's state of every instance of ``task_ids`` in each of ``run_ids`` (only the
+    instances at ``map_index``, when given): one call."""
+    narrowed = {} if map_index is None else {"map_index": map_index}
+    states = ti.get_task_states(
+        dag_id=dag_id, run_ids=run_ids, task_ids=sorted(task_ids), **narrowed
+    )
     return {
         run_id: {
             state_key(k, task_ids): state_text(v) for k, v in (states.get(run_id) or {}).items()
@@ -71,7 +75,12 @@ def task_states_of_run(
 
 
 def adopt_airflow_outcomes(
-    ti: Any, store: CatalogStore, dag_id: str, run_id: str, task_id: str
+    ti: Any,
+    store: CatalogStore,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    item_fingerprint: str | None = None,
 ) -> None:
     """Adopt Airflow's outcome of the earlier runs this start may depend on (see module doc).
 
@@ -81,13 +90,18 @@ def adopt_airflow_outcomes(
     answer is adopted only where it disagrees with those rows
     (:func:`airflow_provider_bfx.catalog.evidence.disagrees`): the adoption transaction locks
     the earlier batch, and every task of a resumed run would otherwise queue on that lock.
+    A mapped item passes its ``item_fingerprint``: only the rows of its own identity are read,
+    and Airflow is asked only about the map index they sit at. A run holding no row of the
+    task (or item) is not asked about: there is nothing Airflow's answer could change.
 
     An Airflow read that fails (a run deleted from the metadata DB, the API server briefly away)
     leaves those rows as the catalog has them, and says so: the catalog's own rules (leases,
     reconciliation) still apply, exactly as before this evidence existed. Catalog errors
     propagate: the gate turns them into the usual refusal or BFX_CATALOG_UNAVAILABLE.
     """
-    runs = store.runs_awaiting_evidence(dag_id, run_id, task_id=task_id)
+    runs = store.runs_awaiting_evidence(
+        dag_id, run_id, task_id=task_id, item_fingerprint=item_fingerprint
+    )
     if not runs:
         return
     found = _own_task_evidence(ti, dag_id, task_id, [r for r in runs if r.batch_started])
@@ -118,12 +132,20 @@ def _own_task_evidence(
     ti: Any, dag_id: str, task_id: str, runs: list[RunAwaitingEvidence]
 ) -> list[RunEvidence]:
     """Airflow's states of ``task_id``'s instances in ``runs``: one call for all of them. The
-    DAG run states are not asked: the batch start of this run adopted them."""
+    DAG run states are not asked: the batch start of this run adopted them. Runs holding no
+    row of the task are left out (the task never started there, or the item is new); when the
+    rows sit at one map index (a mapped item's), only that instance is asked about, not every
+    item of the task."""
+    runs = [run for run in runs if run.task_rows is None or run.task_rows]
     if not runs:
         return []
     run_ids = [run.run_id for run in runs]
+    slots = {row.map_index for run in runs for row in run.task_rows or ()}
+    known = all(run.task_rows is not None for run in runs)
+    only = next(iter(slots)) if known and len(slots) == 1 else None
+    map_index = only if only is not None and only >= 0 else None
     try:
-        states = task_states_of_runs(ti, dag_id, run_ids, {task_id})
+        states = task_states_of_runs(ti, dag_id, run_ids, {task_id}, map_index)
     except Exception as exc:
         _unreadable(dag_id, ",".join(run_ids), exc)
         return []

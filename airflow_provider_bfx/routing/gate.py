@@ -98,11 +98,12 @@ def gate(context: Any) -> None:
 
     try:
         store = get_store(settings.catalog_conn_id)
-        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id, key.task_id)
-        if all_success_restored(key.dag_id, key.task_id):
-            require_upstreams(ti, store, key)
         facts = task_facts(parse_task)
         spec = task_spec(context, parse_task, facts, settings, run_conf)
+        item = spec.item_fingerprint if spec.map_index >= 0 else None
+        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id, key.task_id, item)
+        if all_success_restored(key.dag_id, key.task_id):
+            require_upstreams(ti, store, key)
         started = store.start_task(spec)
         skip_ahead(context, store, spec, started, settings)
     except CatalogUnavailableError as exc:

@@ -43,10 +43,23 @@ class AirflowRecord:
         return self.runs[run_id]
 
     def get_task_states(
-        self, *, dag_id: str, run_ids: list[str], task_ids: list[str]
+        self,
+        *,
+        dag_id: str,
+        run_ids: list[str],
+        task_ids: list[str],
+        map_index: int | None = None,
     ) -> dict[str, dict[str, str]]:
-        self.asked.append(("tasks", ",".join(run_ids), ",".join(sorted(task_ids))))
-        return {r: {t: s for t, s in self.tasks[r].items() if t in task_ids} for r in run_ids}
+        """Like Airflow's: a mapped instance is named ``<task_id>_<map_index>``."""
+        question = ("tasks", ",".join(run_ids), ",".join(sorted(task_ids)))
+        self.asked.append(question if map_index is None else (*question, str(map_index)))
+
+        def wanted(name: str) -> bool:
+            if map_index is not None:
+                return name in {f"{t}_{map_index}" for t in task_ids}
+            return name in task_ids or name.rsplit("_", 1)[0] in task_ids
+
+        return {r: {t: s for t, s in self.tasks[r].items() if wanted(t)} for r in run_ids}
 
 
 @pytest.fixture
@@ -102,7 +115,7 @@ def test_a_later_start_leaves_other_tasks_to_their_own_starts(store: CatalogStor
     store.start_task(TaskSpec(run_2, "a"))
     airflow = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
     adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "c")
-    assert airflow.asked == [("tasks", "run_1", "c")]
+    assert airflow.asked == []  # c has no row in run_1: Airflow's answer could change nothing
     b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
     assert b1.ExecutionStatus == "F"  # c's decision does not read b's row: b's start adopts it
     adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
@@ -152,3 +165,71 @@ def test_a_later_start_adopts_only_what_disagrees(
     marked = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
     adopt_airflow_outcomes(marked, store, DAG_ID, "run_2", "b")
     assert calls == [["run_1"]]
+
+
+def failed_mapped_run(store: CatalogStore, items: int) -> None:
+    """run_1: ``p`` succeeded; ``m`` mapped over ``items`` items (identity ``item-<i>`` at map
+    index i), all succeeded but the last, which failed; the run failed."""
+    batch = BatchSpec(DAG_ID, "run_1")
+    store.end_task(store.start_task(TaskSpec(batch, "p")).execution_id, TaskOutcome.SUCCESS)
+    for i in range(items):
+        started = store.start_task(TaskSpec(batch, "m", map_index=i, item_fingerprint=f"item-{i}"))
+        last = i == items - 1
+        outcome = TaskOutcome.FINAL_FAILURE if last else TaskOutcome.SUCCESS
+        store.end_task(started.execution_id, outcome, error_message="boom" if last else None)
+    store.end_batch(DAG_ID, "run_1", succeeded=False)
+
+
+def test_a_mapped_item_reads_and_asks_only_about_its_own_identity(store: CatalogStore) -> None:
+    """Each item start of a resumed mapped task used to read every item's row of the failed run
+    and ask Airflow for every item's state: O(items) per item, O(items²) per run (issue 12,
+    goal 2). Items are matched by identity, not position: the item is asked about where its
+    identity sat in the failed run."""
+    failed_mapped_run(store, 20)
+    run_2 = BatchSpec(DAG_ID, "run_2")
+    assert store.start_task(TaskSpec(run_2, "p")).run is Run.SKIP  # creates the resumed batch
+    (waiting,) = store.runs_awaiting_evidence(
+        DAG_ID, "run_2", task_id="m", item_fingerprint="item-19"
+    )
+    assert [(r.task_id, r.map_index, r.status_code) for r in waiting.task_rows or ()] == [
+        ("m", 19, "F")
+    ]
+    # The on-call fixed item 19's data by hand and marked its instance success in run_1. In
+    # run_2 the input list changed order: that identity is now at map index 0.
+    states = {f"m_{i}": "success" for i in range(20)}
+    airflow = AirflowRecord({"run_1": "failed"}, {"run_1": {"p": "success", **states}})
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "m", "item-19")
+    assert airflow.asked == [("tasks", "run_1", "m", "19")]  # one instance, where it sat
+    item_19 = next(
+        r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "m" and r.MapIndex == 19
+    )
+    assert (item_19.ExecutionStatus, item_19.NextLoadStatus) == ("S", "C")  # adopted
+    again = TaskSpec(run_2, "m", map_index=0, item_fingerprint="item-19")
+    assert store.start_task(again).run is Run.SKIP  # not run again
+
+    # A new identity has no row in run_1: nothing is read, Airflow is not asked.
+    airflow.asked.clear()
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "m", "item-new")
+    assert airflow.asked == []
+
+
+def test_a_slot_whose_latest_try_holds_another_identity_is_not_the_items(
+    store: CatalogStore,
+) -> None:
+    """Within one run a slot's tries normally share an identity; if its input changed (the
+    producer was cleared and returned another list), Airflow's state of the slot is the latest
+    try's, and must not be adopted onto an older try of another identity."""
+    batch = BatchSpec(DAG_ID, "run_1")
+    store.end_task(store.start_task(TaskSpec(batch, "p")).execution_id, TaskOutcome.SUCCESS)
+    first = store.start_task(TaskSpec(batch, "m", map_index=0, item_fingerprint="old"))
+    store.end_task(first.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    second = TaskSpec(batch, "m", map_index=0, try_number=2, item_fingerprint="new")
+    store.end_task(store.start_task(second).execution_id, TaskOutcome.FINAL_FAILURE)
+    store.end_batch(DAG_ID, "run_1", succeeded=False)
+    store.start_task(TaskSpec(BatchSpec(DAG_ID, "run_2"), "p"))
+    (old,) = store.runs_awaiting_evidence(DAG_ID, "run_2", task_id="m", item_fingerprint="old")
+    assert old.task_rows == ()
+    (new,) = store.runs_awaiting_evidence(DAG_ID, "run_2", task_id="m", item_fingerprint="new")
+    assert [(r.map_index, r.execution_id) for r in new.task_rows or ()] == [
+        (0, store.executions(DAG_ID, "run_1")[-1].ExecutionID)
+    ]
