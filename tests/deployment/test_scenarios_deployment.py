@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import psutil
 import pytest
@@ -47,6 +48,10 @@ PARENT = "bfx_deploy_nested_parent"
 CHILD = "bfx_deploy_nested_child"
 CHAIN = "bfx_deploy_chain"
 WORKER_TITLE = "airflow worker -- LocalExecutor"
+_STATES_QUESTION = re.compile(
+    r"method=GET path=/execution/task-instances/states query='(?P<query>[^']*)'"
+    r" status_code=(?P<status>\d+)"
+)
 
 
 class Env:
@@ -104,6 +109,21 @@ class Env:
                 for e in conn.execute(select(store.s.ExecutionError))
             ]
         return "\n".join(lines)
+
+    def state_questions(
+        self, dag_id: str, about_run: str
+    ) -> list[tuple[int, dict[str, list[str]]]]:
+        """Every ``get_task_states`` a task process asked the API server about ``about_run``
+        (its access log): (HTTP status, the query's parameters)."""
+        found = []
+        for line in self.deployment.log_text("api-server").splitlines():
+            m = _STATES_QUESTION.search(line)
+            if m is None:
+                continue
+            query = parse_qs(m["query"])
+            if query.get("dag_id") == [dag_id] and about_run in query.get("run_ids", []):
+                found.append((int(m["status"]), query))
+        return found
 
     def batch_rows(self, dag_id: str) -> list[Any]:
         """Every batch row of a DAG, oldest first."""
@@ -243,6 +263,16 @@ def test_mapped_items_reordered_between_runs_resume_by_identity(env: Env) -> Non
     assert rows2[1].AttemptNumber == 2
     batch2 = wait_batch_closed(env.catalog, env.deployment, ITEMS, run2)
     assert (batch2.ExecutionStatus, batch2.NextLoadStatus) == ("S", "P")
+    # Airflow's outcome of run 1 is evidence (DESIGN.md §4): each item start of run 2 asked the
+    # API server once about run 1, every answer read. A start that found run 2's batch already
+    # created asked only about its own identity's instance in run 1 (map_index: where that
+    # identity sat), not every item's (issue 12, goal 2; which starts find it depends on their
+    # timing). `summary` has no row in run 1: its start asked nothing about run 1.
+    asked = env.state_questions(ITEMS, run1)
+    assert [status for status, _ in asked] == [200] * 4, asked
+    assert all(query["task_ids"] == ["process"] for _, query in asked), asked
+    narrow = [query["map_index"] for _, query in asked if "map_index" in query]
+    assert all(index in (["0"], ["1"], ["2"], ["3"]) for index in narrow), asked
     env.healthy()
 
 
