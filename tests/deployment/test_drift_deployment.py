@@ -1,7 +1,8 @@
 """Every way a task or a DAG run ends reaches the catalog, in a real deployment.
 
 DESIGN.md §4 "Airflow's outcome is evidence": tasks marked success or failed by hand through the
-REST API (the API server runs no task callback), a task process killed with SIGKILL, a deferrable
+REST API (the API server runs no task callback), also while the resumed run goes on (only the
+task's own start can adopt it then: decision 0115), a task process killed with SIGKILL, a deferrable
 task resumed in a worker, a task that ends in the triggerer. Also: with the provider installed, an
 unrouted DAG with an ``end_from_trigger=True`` task imports and runs (Airflow refuses such DAGs
 as soon as any plugin listener is registered). The catalog connection is kept in the metadata DB
@@ -25,6 +26,7 @@ from tests.deployment.conftest import DEPLOY_DAGS, DeploymentFactory
 from tests.deployment.harness import HEALTHY_COMPONENTS, Deployment
 
 CHAIN = "bfx_deploy_chain"
+HOLD = "bfx_deploy_hold"
 DEFERRABLE = "bfx_deploy_deferrable"
 END_FROM_TRIGGER = "bfx_deploy_end_from_trigger"
 ADOPTED = "BFX_ADOPTED_AIRFLOW_STATE"
@@ -66,7 +68,11 @@ def env(
     catalog = CatalogSetup.create("metadata", pg_server_url)
     ledgers = tmp_path_factory.mktemp("ledgers")
     deployment = deployment_factory(
-        dags=[DEPLOY_DAGS / "bfx_deploy_chain.py", DEPLOY_DAGS / "bfx_deploy_deferrable.py"],
+        dags=[
+            DEPLOY_DAGS / "bfx_deploy_chain.py",
+            DEPLOY_DAGS / "bfx_deploy_deferrable.py",
+            DEPLOY_DAGS / "bfx_deploy_hold.py",
+        ],
         env={
             **catalog.env(),
             "BFX_DEPLOY_LEDGER_DIR": str(ledgers),
@@ -76,7 +82,7 @@ def env(
         parallelism=4,
     )
     catalog.after_start(deployment)
-    for dag_id in (CHAIN, DEFERRABLE, END_FROM_TRIGGER):
+    for dag_id in (CHAIN, DEFERRABLE, END_FROM_TRIGGER, HOLD):
         deployment.api.wait_dag_parsed(dag_id, timeout=90)
     try:
         yield Env(deployment, catalog, ledgers)
@@ -182,6 +188,45 @@ def test_marked_failed_by_hand_runs_again(env: Env) -> None:
     batch1 = env.catalog.batch_row(env.deployment, CHAIN, run1)
     assert batch1.ExecutionStatus == "F"
     assert batch2.OriginalExecutionID == batch1.ExecutionID  # resumed the failed lineage
+
+
+def test_marked_success_by_hand_while_the_next_run_goes_on_is_adopted_by_the_tasks_start(
+    env: Env,
+) -> None:
+    """The hand mark arrives after the resumed run's batch exists: only ``fixme``'s own start
+    can adopt it, and it asks Airflow about its own task alone (decision 0115)."""
+    run1 = env.run(HOLD, conf={"fail": ["hold", "fixme"]})
+    assert env.api.task_states(HOLD, run1) == {("hold", -1): "failed", ("fixme", -1): "failed"}
+    wait_batch_closed(env.catalog, env.deployment, HOLD, run1)
+    rows1 = env.catalog.task_rows(env.deployment, HOLD, run1)
+    assert (rows1["fixme"].ExecutionStatus, rows1["fixme"].NextLoadStatus) == ("F", "R")
+
+    run2 = env.api.trigger(HOLD, conf={"hold": True})
+    started = env.ledgers / "hold.started"
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert time.monotonic() < deadline, env.api.task_states(HOLD, run2)
+        time.sleep(0.2)
+    # hold runs (its gate created run 2's batch, resuming run 1's lineage); fixme waits for it.
+    batch2 = env.catalog.batch_row(env.deployment, HOLD, run2)
+    assert (
+        batch2.OriginalExecutionID == env.catalog.batch_row(env.deployment, HOLD, run1).ExecutionID
+    )
+    assert env.api.task_states(HOLD, run2)[("fixme", -1)] is None
+    # Meanwhile the on-call repairs fixme's data by hand and marks it success in run 1.
+    env.api.mark_task(HOLD, run1, "fixme", "success")
+    assert env.catalog.task_rows(env.deployment, HOLD, run1)["fixme"].ExecutionStatus == "F"
+    (env.ledgers / "hold.release").write_text("go")
+
+    assert env.api.wait_run(HOLD, run2, timeout=180) == "success"
+    assert env.api.task_states(HOLD, run2) == {("hold", -1): "success", ("fixme", -1): "skipped"}
+    assert ran(ledger(env.ledgers, HOLD), run2) == ["hold"]  # fixme: not run again
+    adopted = env.catalog.task_rows(env.deployment, HOLD, run1)["fixme"]
+    assert adopted.ExecutionStatus == "S"
+    assert env.adopted_errors(adopted.ExecutionID)
+    fixme2 = env.catalog.task_rows(env.deployment, HOLD, run2)["fixme"]
+    assert fixme2.ExecutionStatus == "C"
+    env.healthy()
 
 
 def test_killed_task_process_is_closed_and_retried_next_run(env: Env) -> None:
