@@ -602,6 +602,14 @@ def report(
         f"  LocalExecutor, [core] parallelism {PARALLELISM}, PostgreSQL metadata DB, started in"
         f" {start_seconds:.0f} s"
     )
+    rep(
+        "  [workers] min_heartbeat_interval: "
+        + (
+            f"{args.min_heartbeat_interval} s (set for this run, routed and plain alike)"
+            if args.min_heartbeat_interval is not None
+            else "Airflow's default (5 s)"
+        )
+    )
     rep("  catalog: PostgreSQL, connection in AIRFLOW_CONN_BFX_CATALOG_DEFAULT, bfx catalog init")
     rep(
         f"  DAGs: {ROUTED} (tag bfx, routed) and {PLAIN} (same source, no tag);"
@@ -810,6 +818,14 @@ def report(
 # ---------------------------------------------------------------------------------------------
 
 
+def heartbeat_env(seconds: int | None) -> dict[str, str]:
+    """The deployment's environment for ``--min-heartbeat-interval``: Airflow reads it as
+    ``[workers] min_heartbeat_interval`` (an integer option: ``conf.getint``)."""
+    if seconds is None:
+        return {}
+    return {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(seconds)}
+
+
 def _bytecode_fact() -> str:
     """Whether Airflow's modules have compiled bytecode (a pip install has; ``scripts/bootstrap``
     compiles it): without it every task process compiles Airflow from source."""
@@ -831,6 +847,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a PostgreSQL URL whose role may CREATE DATABASE (default: $BFX_TEST_PG_URL)",
     )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--min-heartbeat-interval",
+        type=int,
+        default=None,
+        help="set Airflow's [workers] min_heartbeat_interval for the whole deployment (default:"
+        " Airflow's, 5 s): how late, at most, a task supervisor notices a task process's exit"
+        " (the 'late ends' column)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
@@ -863,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
             work / "deployment",
             pg_server_url=args.pg_url,
             dags=[SOURCE_DAG, plain_file],
-            env=catalog.env(),
+            env={**catalog.env(), **heartbeat_env(args.min_heartbeat_interval)},
             parallelism=PARALLELISM,
             start_timeout=300.0,
         )
