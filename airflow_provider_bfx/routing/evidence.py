@@ -131,26 +131,40 @@ def adopt_airflow_outcomes(
 def _own_task_evidence(
     ti: Any, dag_id: str, task_id: str, runs: list[RunAwaitingEvidence]
 ) -> list[RunEvidence]:
-    """Airflow's states of ``task_id``'s instances in ``runs``: one call for all of them. The
-    DAG run states are not asked: the batch start of this run adopted them. Runs holding no
-    row of the task are left out (the task never started there, or the item is new); when the
-    rows sit at one map index (a mapped item's), only that instance is asked about, not every
-    item of the task."""
-    runs = [run for run in runs if run.task_rows is None or run.task_rows]
-    if not runs:
-        return []
-    run_ids = [run.run_id for run in runs]
-    slots = {row.map_index for run in runs for row in run.task_rows or ()}
-    known = all(run.task_rows is not None for run in runs)
-    only = next(iter(slots)) if known and len(slots) == 1 else None
-    map_index = only if only is not None and only >= 0 else None
-    try:
-        states = task_states_of_runs(ti, dag_id, run_ids, {task_id}, map_index)
-    except Exception as exc:
-        _unreadable(dag_id, ",".join(run_ids), exc)
-        return []
-    found = [RunEvidence(run.run_id, None, states[run.run_id]) for run in runs]
-    return [evidence for run, evidence in zip(runs, found, strict=True) if disagrees(run, evidence)]
+    """Airflow's states of ``task_id``'s instances in ``runs``, for the runs where they
+    disagree with the task's rows. The DAG run states are not asked: the batch start of this
+    run adopted them. Runs holding no row of the task are left out (the task never started
+    there, or the item is new). A mapped item's rows sit at one map index per run: only that
+    instance is asked about, not every item of the task (:func:`_questions`)."""
+    found: list[RunEvidence] = []
+    for map_index, asked in _questions([r for r in runs if r.task_rows is None or r.task_rows]):
+        run_ids = [run.run_id for run in asked]
+        try:
+            states = task_states_of_runs(ti, dag_id, run_ids, {task_id}, map_index)
+        except Exception as exc:
+            _unreadable(dag_id, ",".join(run_ids), exc)
+            continue
+        for run in asked:
+            evidence = RunEvidence(run.run_id, None, states[run.run_id])
+            if disagrees(run, evidence):
+                found.append(evidence)
+    return found
+
+
+def _questions(
+    runs: list[RunAwaitingEvidence],
+) -> list[tuple[int | None, list[RunAwaitingEvidence]]]:
+    """The calls that cover ``runs``: one per map index where a mapped item's rows sit (runs
+    whose rows sit at the same index share it; a reordered list puts an identity at another
+    index from one run to the next), and one without a map index, for every instance, for the
+    others (an unmapped task; rows not read; an identity at several indexes of one run). In
+    the common cases, one call."""
+    groups: dict[int | None, list[RunAwaitingEvidence]] = {}
+    for run in runs:
+        slots = {row.map_index for row in run.task_rows or ()}
+        only = next(iter(slots)) if run.task_rows is not None and len(slots) == 1 else None
+        groups.setdefault(only if only is not None and only >= 0 else None, []).append(run)
+    return list(groups.items())
 
 
 def _unreadable(dag_id: str, run_id: str, exc: Exception) -> None:

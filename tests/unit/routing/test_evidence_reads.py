@@ -233,3 +233,41 @@ def test_a_slot_whose_latest_try_holds_another_identity_is_not_the_items(
     assert [(r.map_index, r.execution_id) for r in new.task_rows or ()] == [
         (0, store.executions(DAG_ID, "run_1")[-1].ExecutionID)
     ]
+
+
+def test_an_item_asked_about_in_two_failed_runs_is_asked_where_it_sat_in_each(
+    store: CatalogStore,
+) -> None:
+    """Two failed runs of the lineage await evidence, and the list was reordered between them:
+    the identity sat at another map index in each. One question per index, each naming its
+    runs; never every item of the task."""
+    run_1, run_2 = BatchSpec(DAG_ID, "run_1"), BatchSpec(DAG_ID, "run_2")
+    store.end_task(store.start_task(TaskSpec(run_1, "p")).execution_id, TaskOutcome.SUCCESS)
+    a1 = store.start_task(TaskSpec(run_1, "m", map_index=0, item_fingerprint="item-a"))
+    store.end_task(a1.execution_id, TaskOutcome.SUCCESS)
+    b1 = store.start_task(TaskSpec(run_1, "m", map_index=1, item_fingerprint="item-b"))
+    store.end_task(b1.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch(DAG_ID, "run_1", succeeded=False)
+    # run_2 resumes with the list reordered (item-b at 0, item-a at 1); item-b fails again.
+    assert store.start_task(TaskSpec(run_2, "p")).run is Run.SKIP
+    a2 = TaskSpec(run_2, "m", map_index=1, item_fingerprint="item-a")
+    assert store.start_task(a2).run is Run.SKIP
+    b2 = store.start_task(TaskSpec(run_2, "m", map_index=0, item_fingerprint="item-b"))
+    store.end_task(b2.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch(DAG_ID, "run_2", succeeded=False)
+    store.start_task(TaskSpec(BatchSpec(DAG_ID, "run_3"), "p"))  # run_3's batch resumes them
+
+    # The on-call marks item-b's instance of run_1 success by hand; run_2's stays failed.
+    airflow = AirflowRecord(
+        {"run_1": "failed", "run_2": "failed"},
+        {
+            "run_1": {"p": "success", "m_0": "success", "m_1": "success"},
+            "run_2": {"p": "skipped", "m_0": "failed", "m_1": "skipped"},
+        },
+    )
+    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_3", "m", "item-b")
+    assert sorted(airflow.asked) == [("tasks", "run_1", "m", "1"), ("tasks", "run_2", "m", "0")]
+    b1_row = next(r for r in store.executions(DAG_ID, "run_1") if r.ExecutionID == b1.execution_id)
+    assert b1_row.ExecutionStatus == "S"  # adopted where it sat in run_1
+    b2_row = next(r for r in store.executions(DAG_ID, "run_2") if r.ExecutionID == b2.execution_id)
+    assert b2_row.ExecutionStatus == "F"  # Airflow agrees: left alone
