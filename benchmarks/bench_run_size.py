@@ -173,6 +173,13 @@ def runs_of(store: CatalogStore, small: Shape, large: Shape) -> tuple[Timed, Tim
     return outs
 
 
+def item(batch: BatchSpec, i: int) -> TaskSpec:
+    """Item ``i`` of the task ``items``, mapped over items (identity ``item-<i>``)."""
+    return TaskSpec(
+        batch, "items", map_index=i, item_fingerprint=f"item-{i:05d}", lease_owner=OWNER
+    )
+
+
 def mapped(store: CatalogStore, items: int, timed: int = 100) -> tuple[Timed, Timed]:
     """Two runs (of two DAGs), each a ``producer`` and a task mapped over items (upstream
     ``producer``): the first ``timed`` items of one against the last ``timed`` of the other,
@@ -181,11 +188,6 @@ def mapped(store: CatalogStore, items: int, timed: int = 100) -> tuple[Timed, Ti
     first = Timed(f"mapped: items 0-{timed - 1}")
     last = Timed(f"mapped: items {items - timed}-{items - 1}")
     small, large = BatchSpec("dag_mapped_a", "run_000"), BatchSpec("dag_mapped_b", "run_000")
-
-    def item(batch: BatchSpec, i: int) -> TaskSpec:
-        return TaskSpec(
-            batch, "items", map_index=i, item_fingerprint=f"item-{i:05d}", lease_owner=OWNER
-        )
 
     for batch in (small, large):
         untimed(store, batch, "producer")
@@ -225,10 +227,7 @@ def resumed_mapped(
         failed = BatchSpec(dag_id, "run_000")
         untimed(store, failed, "producer")
         for i in range(n):
-            spec = TaskSpec(
-                failed, "items", map_index=i, item_fingerprint=f"item-{i:05d}", lease_owner=OWNER
-            )
-            started = store.start_task(spec)
+            started = store.start_task(item(failed, i))
             last = i == n - 1
             outcome = TaskOutcome.FINAL_FAILURE if last else TaskOutcome.SUCCESS
             store.end_task(started.execution_id, outcome, error_message="boom" if last else None)
@@ -242,8 +241,9 @@ def resumed_mapped(
     for k in range(timed):
         mode = "new" if k % 2 == 0 else "baseline"
         for side in (0, 1):
-            batch, fp = batches[side], f"item-{k:05d}"
-            spec = TaskSpec(batch, "items", map_index=k, item_fingerprint=fp, lease_owner=OWNER)
+            batch = batches[side]
+            spec = item(batch, k)
+            fp = spec.item_fingerprint
             t0 = time.perf_counter()
             (waiting,) = store.runs_awaiting_evidence(
                 batch.dag_id,

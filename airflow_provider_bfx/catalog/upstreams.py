@@ -1,5 +1,6 @@
-"""The read behind the gate's upstream check: the latest row of named tasks in one DAG run.
-No Airflow here.
+"""The latest-row reads of one DAG run: the latest row of named tasks (the gate's upstream
+check, and a later start's evidence, decision 0115), and a mapped item's latest rows by its
+identity (its evidence, decision 0116). No Airflow here.
 
 The gate restores ``all_success`` (decision 0045) from the latest catalog row of each of the
 task's *upstream* tasks in this run. It used to read every task row of the run and keep the
