@@ -29,7 +29,7 @@ from airflow_provider_bfx.catalog.codes import (
     NextLoadStatus,
     format_token,
 )
-from airflow_provider_bfx.catalog.compiled import compiled
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.txn import Catalog
 
 log = logging.getLogger("airflow_provider_bfx.catalog")
@@ -161,6 +161,19 @@ def copy_landed(cat: Catalog, row: Any) -> Any:
     return exists().select_from(from_).where(*where)
 
 
+def execution_insert(cat: Catalog, columns: Iterable[str]) -> CompiledStatement:
+    """The Execution INSERT of ``columns`` with a known ExecutionID, compiled once per process
+    for each set of columns (sorted, so that a set names one statement whatever order its row
+    was built in; :mod:`.compiled`)."""
+    keys = tuple(sorted(columns))
+    return compiled(
+        cat,
+        "insert_execution:" + ",".join(keys),
+        lambda: insert(cat.s.Execution),
+        column_keys=keys,
+    )
+
+
 def insert_execution_txn(
     cat: Catalog, conn: Connection, next_id: int | None, values: dict[str, Any]
 ) -> int:
@@ -173,11 +186,7 @@ def insert_execution_txn(
         # One statement, compiled once per set of columns, the values as parameters: building
         # ``insert().values()`` per row cost more Python than the rest of a task start
         # (decision 0105), executing it through ``Connection.execute`` a third (0108).
-        columns = tuple(row)
-        plain_insert = compiled(
-            cat, "insert_execution:" + ",".join(columns), lambda: insert(E), column_keys=columns
-        )
-        plain_insert.write(conn, row)  # with the COMMIT (0101)
+        execution_insert(cat, row).write(conn, row)  # with the COMMIT (0101)
         return next_id
     plain = {k: (None if v is SELF else v) for k, v in values.items()}
     new_id = int(conn.execute(insert(E).values(**plain).returning(E.c.ExecutionID)).scalar_one())

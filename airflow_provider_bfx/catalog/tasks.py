@@ -40,7 +40,13 @@ from airflow_provider_bfx.catalog.results import (
     TaskStarted,
     default_lease_owner,
 )
-from airflow_provider_bfx.catalog.rows import ACTIVE, SELF, insert_execution_txn, token_line
+from airflow_provider_bfx.catalog.rows import (
+    ACTIVE,
+    SELF,
+    execution_insert,
+    insert_execution_txn,
+    token_line,
+)
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.exceptions import CatalogStateError
 
@@ -207,6 +213,41 @@ def _gather_txn(
             else machine.LandedCopy(int(f.l_writer), f.l_audit, f.l_opfp),
         ),
     )
+
+
+#: The columns of the row a task start writes (its INSERT is compiled before the fork by
+#: :mod:`.warm`; ``tests/unit/catalog/test_warm.py`` checks that a task start after ``warm()``
+#: compiles nothing, so a column added below and not here fails there).
+START_ROW_COLUMNS = (
+    "ParentExecutionID",
+    "OriginalExecutionID",
+    "LineageID",
+    "AuditID",
+    "ExternalExecutionID",
+    "PackageID",
+    "ExecutionStatus",
+    "NextLoadStatus",
+    "AttemptNumber",
+    "OperatorFingerprint",
+    "ItemFingerprint",
+    "LeaseOwner",
+    "LeaseExpiresAt",
+    "StartTime",
+    "EndTime",
+    "DagId",
+    "RunId",
+    "TaskId",
+    "MapIndex",
+    "TryNumber",
+    "LogicalDate",
+    "UpdatedAt",
+    "ExecutionID",
+)
+
+
+def start_row_insert(cat: Catalog) -> CompiledStatement:
+    """A task start's Execution INSERT (:data:`START_ROW_COLUMNS`)."""
+    return execution_insert(cat, START_ROW_COLUMNS)
 
 
 def _write_start_txn(
@@ -400,7 +441,7 @@ def end_task_txn(
             changed=False,
         )
     # The writes of a task end read nothing back: they travel with the COMMIT (0101).
-    _end_update(cat).write(
+    end_update(cat).write(
         conn,
         {
             "p_execution_id": execution_id,
@@ -410,7 +451,7 @@ def end_task_txn(
         },
     )
     if end.record_error:
-        _insert_error(cat).write(
+        insert_error(cat).write(
             conn,
             {
                 "ExecutionID": execution_id,
@@ -428,14 +469,14 @@ def end_task_txn(
 _ERROR_KEYS = ("ExecutionID", "ErrorType", "ErrorMessage", "ErrorDetail", "CreatedAt")
 
 
-def _insert_error(cat: Catalog) -> CompiledStatement:
+def insert_error(cat: Catalog) -> CompiledStatement:
     """A failed try's ExecutionError INSERT, compiled once per store (decision 0108)."""
     return compiled(
         cat, "insert_error", lambda: insert(cat.s.ExecutionError), column_keys=_ERROR_KEYS
     )
 
 
-def _end_update(cat: Catalog) -> CompiledStatement:
+def end_update(cat: Catalog) -> CompiledStatement:
     """A task end's UPDATE of its row, compiled once per store (as the facts queries are)."""
 
     def build() -> Any:

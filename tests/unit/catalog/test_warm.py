@@ -23,9 +23,13 @@ def test_statements_are_shared_by_the_catalogs_of_a_dialect(tmp_path: Path) -> N
         assert a.s is b.s and a.s is not c.s
         assert facts.task_facts_query(a) is facts.task_facts_query(b)
         assert facts.task_facts_query(a) is not facts.task_facts_query(c)
-        # What is compiled for an engine's dialect object stays with that catalog.
+        # What is compiled is compiled once per kind of dialect (decision 0118); each catalog
+        # holds it bound to its own engine's dialect object.
         assert facts.task_facts(a) is facts.task_facts(a)
         assert facts.task_facts(a) is not facts.task_facts(b)
+        assert facts.task_facts(a).sql is facts.task_facts(b).sql
+        assert facts.task_facts(b).dialect is two.dialect
+        assert facts.task_facts(a).sql != facts.task_facts(c).sql
     finally:
         for e in (one, two, pg):
             e.dispose()
