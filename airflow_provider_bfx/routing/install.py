@@ -117,9 +117,42 @@ def _gated_execute(original: Callable[..., Any]) -> Callable[..., Any]:
 # -- one task, one DAG ------------------------------------------------------------------------
 
 
-def route_task(task: Any, dag_id: str, *, link: bool | None = None) -> None:
+def mapped_input_producers(dag: Any) -> frozenset[str]:
+    """The ids of the tasks of ``dag`` whose output a mapped task or mapped task group expands
+    over: those for which ``task.iter_mapped_dependants()`` yields something, found for every
+    task at once. That method walks the whole DAG for the one task it is asked about, so asking
+    it for each task cost O(tasks²) in every parse of a routed DAG: 70 ms of each task
+    process's CPU for the 52-task example (issue 12, decision 0118). Same test as Airflow's
+    (``AbstractOperator._iter_all_mapped_downstreams`` and ``iter_mapped_dependants``): a mapped
+    node, other than the task, that has the task upstream and among its mapped dependencies."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup, TaskGroup
+
+    found: set[str] = set()
+
+    def walk(group: Any) -> None:
+        for key, child in group.children.items():
+            if isinstance(child, (MappedOperator, MappedTaskGroup)):
+                upstream = child.upstream_task_ids
+                found.update(
+                    dep.node_id
+                    for dep in child.iter_mapped_dependencies()
+                    if dep.node_id != key and dep.node_id in upstream
+                )
+            if isinstance(child, TaskGroup):
+                walk(child)
+
+    walk(dag.task_group)
+    return frozenset(found)
+
+
+def route_task(
+    task: Any, dag_id: str, *, link: bool | None = None, mapped_input: bool | None = None
+) -> None:
     """Install the gate, the recorder and the callbacks on ``task`` (idempotent). ``link``:
-    whether to add the "Recovery" link (None: as ``[bfx] recovery_link`` says)."""
+    whether to add the "Recovery" link (None: as ``[bfx] recovery_link`` says).
+    ``mapped_input``: whether a mapped task expands over this task's output (None: ask the
+    task, which walks the DAG; :func:`route_tasks` knows it for every task at once)."""
     if is_mapped(task):
         partial = task.partial_kwargs
         partial["pre_execute"] = _hooked(partial.get("pre_execute"), bfx_pre_execute, _chain_pre)
@@ -129,7 +162,9 @@ def route_task(task: Any, dag_id: str, *, link: bool | None = None) -> None:
     else:
         task._pre_execute_hook = _hooked(task._pre_execute_hook, bfx_pre_execute, _chain_pre)
         task._post_execute_hook = _hooked(task._post_execute_hook, bfx_post_execute, _chain_post)
-        if not replays_output(task) and next(task.iter_mapped_dependants(), None) is not None:
+        if mapped_input is None:
+            mapped_input = next(task.iter_mapped_dependants(), None) is not None
+        if mapped_input and not replays_output(task):
             task.execute = _gated_execute(task.execute)
     for attr, callback in TASK_CALLBACKS:
         updated = _with_callback(getattr(task, attr, None), callback)
@@ -161,8 +196,9 @@ def _link_wanted() -> bool:
 def route_tasks(dag: Any) -> None:
     """Route every task of ``dag``, and append the DAG callbacks that close its batches."""
     link = _link_wanted()
+    producers = mapped_input_producers(dag)
     for task in dag.tasks:
-        route_task(task, dag.dag_id, link=link)
+        route_task(task, dag.dag_id, link=link, mapped_input=task.task_id in producers)
     for attr, callback in DAG_CALLBACKS:
         updated = _with_callback(getattr(dag, attr, None), callback)
         if updated is not None:

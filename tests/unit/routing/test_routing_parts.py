@@ -414,3 +414,83 @@ def test_skip_ahead_order_is_safe_on_random_dags(seed: int) -> None:
     assert told == skipped
     assert written == skipped
     assert sum(len(step.tell) for step in plan) == len(skipped)
+
+
+def _mapping_dag() -> Any:
+    """Every way a task can feed (or not feed) a mapped node: a mapped task over one output,
+    a mapped task group over another, ``expand_kwargs``, a task upstream of a mapped task that
+    does not feed its expansion, a mapped task inside a group fed from outside, and a task fed
+    only as a plain (unmapped) argument."""
+    from airflow.sdk import DAG, task, task_group
+
+    with DAG("bfx_mapping_shapes", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+
+        @task
+        def numbers() -> list[int]:
+            return [1, 2]
+
+        @task
+        def kwargs_list() -> list[dict[str, int]]:
+            return [{"x": 1}]
+
+        @task
+        def constant() -> int:
+            return 3
+
+        @task
+        def gate() -> None:
+            return None
+
+        @task
+        def double(x: int, k: int = 0) -> int:
+            return x * 2 + k
+
+        @task
+        def add(x: int) -> int:
+            return x
+
+        @task_group
+        def per_item(x: int) -> None:
+            add(x)
+
+        @task_group
+        def inner() -> None:
+            @task
+            def group_input() -> list[int]:
+                return [5]
+
+            double.override(task_id="in_group").expand(x=group_input())
+
+        g, c = gate(), constant()
+        mapped = double.expand(x=numbers())
+        g >> mapped
+        double.override(task_id="by_kwargs").expand_kwargs(kwargs_list())
+        double.override(task_id="partial_plain").partial(k=c).expand(x=[1, 2])
+        per_item.expand(x=numbers.override(task_id="group_numbers")())
+        inner()
+        add.override(task_id="after")(mapped)
+    return dag
+
+
+def test_mapped_input_producers_are_those_airflow_names_task_by_task() -> None:
+    """``route_tasks`` finds the tasks a mapped node expands over in one walk of the DAG; the
+    answer is, task by task, what ``task.iter_mapped_dependants()`` says (decision 0118)."""
+    from airflow_provider_bfx.routing.install import mapped_input_producers
+
+    dag = _mapping_dag()
+    expected = {t.task_id for t in dag.tasks if next(t.iter_mapped_dependants(), None)}
+    assert expected == {"numbers", "kwargs_list", "group_numbers", "inner.group_input"}
+    assert mapped_input_producers(dag) == expected
+
+
+def test_route_tasks_gates_execute_of_exactly_the_mapped_input_producers() -> None:
+    """The producers' ``execute`` is wrapped (their replayed output feeds the expansion);
+    no other task's is."""
+    from airflow_provider_bfx.routing.install import GATED_MARK, route_tasks
+
+    dag = _mapping_dag()
+    route_tasks(dag)
+    gated = {
+        t.task_id for t in dag.tasks if getattr(getattr(t, "execute", None), GATED_MARK, False)
+    }
+    assert gated == {"numbers", "kwargs_list", "group_numbers", "inner.group_input"}
