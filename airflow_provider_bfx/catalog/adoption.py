@@ -10,8 +10,9 @@ from sqlalchemy import Connection, Select, bindparam, exists, func, insert, sele
 from airflow_provider_bfx.catalog import evidence, keys
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn
 from airflow_provider_bfx.catalog.codes import ExecutionStatus, Token, format_token, parse_status
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.results import RunAwaitingEvidence, RunEvidence
-from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag
+from airflow_provider_bfx.catalog.rows import ACTIVE, copy_landed, flag, one_of
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.catalog.upstreams import latest_item_rows_txn, latest_task_rows_txn
 
@@ -52,7 +53,7 @@ def runs_awaiting_evidence_txn(
     item identity are read: a mapped item's decision reads only its own identity's rows, and
     reading every item's rows made each item start of a resumed 2,000-item task read 2,000
     rows (and ask Airflow for 2,000 states)."""
-    fetched = conn.execute(batches_query(cat, limit + 1), {"p_dag": dag_id}).all()
+    fetched = batches(cat, limit + 1).rows(conn, {"p_dag": dag_id})
     rows = [r for r in fetched if r.RunId != run_id][:limit]
     own = next((r for r in fetched if r.RunId == run_id), None)
     if (
@@ -110,15 +111,14 @@ def batches_query(cat: Catalog, limit: int) -> Select[Any]:
         E = cat.s.Execution
         t = E.alias("t")
         active_child = exists().where(
-            t.c.ParentExecutionID == E.c.ExecutionID, t.c.ExecutionStatus.in_(ACTIVE)
+            t.c.ParentExecutionID == E.c.ExecutionID, one_of(t.c.ExecutionStatus, ACTIVE)
         )
         return (
             select(
-                E.c.ExecutionID,
-                E.c.RunId,
-                E.c.LineageID,
-                E.c.ExecutionStatus,
-                E.c.EndTime,
+                *(
+                    E.c[k].label(k)  # rows read by key on every engine (:mod:`.compiled`)
+                    for k in ("ExecutionID", "RunId", "LineageID", "ExecutionStatus", "EndTime")
+                ),
                 flag(active_child).label("has_active"),
             )
             .where(E.c.DagId == bindparam("p_dag"), E.c.TaskId.is_(None))
@@ -127,6 +127,12 @@ def batches_query(cat: Catalog, limit: int) -> Select[Any]:
         )
 
     return cat.memo(f"batches_awaiting_evidence_{limit}", build)
+
+
+def batches(cat: Catalog, limit: int) -> CompiledStatement:
+    """:func:`batches_query` compiled once per process (every task start reads it; warmed
+    before a fork by :mod:`.warm`)."""
+    return compiled(cat, f"batches_awaiting_evidence_{limit}", lambda: batches_query(cat, limit))
 
 
 def task_ids_txn(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from airflow_provider_bfx.catalog.codes import CheckpointType, CorruptRowError
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.payload import UNRECORDED, decode_payload, encode_payload
 from airflow_provider_bfx.catalog.results import Checkpoint
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -36,31 +37,52 @@ def write_checkpoint_txn(
     item_fingerprint: str | None = None,
     operator_fingerprint: str | None = None,
 ) -> None:
-    """Write (or overwrite) one checkpoint whose payload :func:`payload_text` encoded."""
-    C = cat.s.ExecutionCheckpoint
-    key = and_(
-        C.c.ScopeKey == scope_key,
-        C.c.CheckpointType == checkpoint_type.value,
-        C.c.NodeKey == node,
-        C.c.IterationKey == iteration_key,
-    )
-    values = dict(
-        ExecutionID=execution_id,
-        ItemFingerprint=item_fingerprint,
-        OperatorFingerprint=operator_fingerprint,
-        Payload=text,
-        CreatedAt=cat.clock(),
-    )
-    if conn.execute(update(C).where(key).values(**values)).rowcount:
+    """Write (or overwrite) one checkpoint whose payload :func:`payload_text` encoded: an
+    UPDATE of the row with its key, else an INSERT (both compiled once per process,
+    :mod:`.compiled`; a task's return value is one of these at every task end)."""
+    values = {
+        "ExecutionID": execution_id,
+        "ItemFingerprint": item_fingerprint,
+        "OperatorFingerprint": operator_fingerprint,
+        "Payload": text,
+        "CreatedAt": cat.clock(),
+    }
+    key = {
+        "ScopeKey": scope_key,
+        "CheckpointType": checkpoint_type.value,
+        "NodeKey": node,
+        "IterationKey": iteration_key,
+    }
+    if overwrite(cat).execute(conn, {f"p_{k}": v for k, v in {**key, **values}.items()}):
         return
-    conn.execute(
-        insert(C).values(
-            ScopeKey=scope_key,
-            CheckpointType=checkpoint_type.value,
-            NodeKey=node,
-            IterationKey=iteration_key,
-            **values,
+    first_write(cat).execute(conn, {**key, **values})
+
+
+_KEY_COLUMNS = ("ScopeKey", "CheckpointType", "NodeKey", "IterationKey")
+_VALUE_COLUMNS = ("ExecutionID", "ItemFingerprint", "OperatorFingerprint", "Payload", "CreatedAt")
+
+
+def overwrite(cat: Catalog) -> CompiledStatement:
+    """The UPDATE of a checkpoint by its key (parameters ``p_<column>``)."""
+
+    def build() -> Any:
+        C = cat.s.ExecutionCheckpoint
+        return (
+            update(C)
+            .where(*(C.c[k] == bindparam(f"p_{k}") for k in _KEY_COLUMNS))
+            .values({k: bindparam(f"p_{k}") for k in _VALUE_COLUMNS})
         )
+
+    return compiled(cat, "checkpoint_overwrite", build)
+
+
+def first_write(cat: Catalog) -> CompiledStatement:
+    """The INSERT of a checkpoint (key and value columns)."""
+    return compiled(
+        cat,
+        "checkpoint_insert",
+        lambda: insert(cat.s.ExecutionCheckpoint),
+        column_keys=_KEY_COLUMNS + _VALUE_COLUMNS,
     )
 
 

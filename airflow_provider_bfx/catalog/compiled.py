@@ -273,14 +273,24 @@ def compiled(
     must name one statement (and column keys) for every catalog of a dialect: ``build`` may read
     only the schema and the dialect's name, as for ``Catalog.memo``."""
 
-    def shared() -> CompiledStatement:
-        dialect = cat.engine.dialect
-        key = (name, dialect_signature(dialect))
-        found = _SHARED.get(key)
-        if found is None:
-            found = _SHARED.setdefault(
-                key, CompiledStatement(build(), dialect, column_keys=column_keys)
-            )
-        return found.bound_to(dialect)
+    return cat.own(  # type: ignore[no-any-return]
+        name, lambda: shared_statement(name, cat.engine.dialect, build, column_keys=column_keys)
+    )
 
-    return cat.own(name, shared)  # type: ignore[no-any-return]
+
+def shared_statement(
+    name: str,
+    dialect: Dialect,
+    build: Callable[[], Executable],
+    *,
+    column_keys: Sequence[str] | None = None,
+) -> CompiledStatement:
+    """:func:`compiled` without a catalog: the process's statement ``name`` for ``dialect``'s
+    kind of dialect, bound to ``dialect`` (compiled now if this process has not yet)."""
+    key = (name, dialect_signature(dialect))
+    found = _SHARED.get(key)
+    if found is None:
+        found = _SHARED.setdefault(
+            key, CompiledStatement(build(), dialect, column_keys=column_keys)
+        )
+    return found.bound_to(dialect)

@@ -16,8 +16,10 @@ command fixes it (``txn.Catalog.transaction``, ``BfxCatalogHook.get_store``).
 from __future__ import annotations
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, shared_statement
 from airflow_provider_bfx.catalog.schema import SCHEMA_NAME
 
 #: The newest migration of ``migrations/versions`` (the revision this package expects).
@@ -42,16 +44,24 @@ def version_table(dialect: str) -> Table:
     )
 
 
+def revision_query(dialect: Dialect) -> CompiledStatement:
+    """``SELECT version_num`` of the version table, compiled once per process for the kind of
+    ``dialect`` (:mod:`.compiled`; warmed before a fork by :mod:`.warm`)."""
+    return shared_statement(
+        "schema_revision", dialect, lambda: select(version_table(dialect.name).c.version_num)
+    )
+
+
 def is_current(engine: Engine) -> bool:
     """Whether the catalog at ``engine`` records exactly :data:`HEAD_REVISION` (one query).
 
     A database that cannot be reached raises the driver's error as it is (one attempt: the
     caller classifies it); a failing ``SELECT`` (no version table) or another revision is
     False: the caller then asks :mod:`.migrate`, which says what is wrong."""
-    table = version_table(engine.dialect.name)
+    statement = revision_query(engine.dialect)
     with engine.connect() as conn:
         try:
-            found = tuple(conn.execute(select(table.c.version_num)).scalars())
+            found = tuple(row.version_num for row in statement.rows(conn, {}))
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise

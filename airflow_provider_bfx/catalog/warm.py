@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine
 
-from airflow_provider_bfx.catalog import adoption, facts, tasks, upstreams
+from airflow_provider_bfx.catalog import adoption, checkpoints, facts, tasks, upstreams
+from airflow_provider_bfx.catalog.revision import revision_query
 from airflow_provider_bfx.catalog.txn import Catalog
 
 #: The dialects warmed, by a URL that names only the driver (never connected).
@@ -37,6 +38,10 @@ def build_statements(cat: Catalog) -> None:
     tasks.start_row_insert(cat)
     tasks.end_update(cat)
     tasks.insert_error(cat)
+    adoption.batches(cat, EVIDENCE_LIMIT + 1)
+    checkpoints.overwrite(cat)
+    checkpoints.first_write(cat)
+    revision_query(cat.engine.dialect)
     facts.task_facts_query(cat)
     facts.task_end_facts_query(cat)
     facts.batch_start_facts_query(cat, with_next_id=True)

@@ -13,9 +13,11 @@ from sqlalchemy import create_engine
 
 from airflow_provider_bfx.catalog import compiled as compiled_mod
 from airflow_provider_bfx.catalog import facts, tasks
-from airflow_provider_bfx.catalog.codes import ExecutionStatus
+from airflow_provider_bfx.catalog.checkpoints import RETURN_VALUE_NODE
+from airflow_provider_bfx.catalog.codes import CheckpointType, ExecutionStatus
 from airflow_provider_bfx.catalog.compiled import CompiledStatement, dialect_signature
 from airflow_provider_bfx.catalog.machine import TaskOutcome
+from airflow_provider_bfx.catalog.revision import is_current
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
 from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.catalog.warm import DIALECT_URLS, build_statements
@@ -51,6 +53,10 @@ def _constructions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return built
 
 
+def _named(constants: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in constants.items() if not k.startswith("%(")}
+
+
 def test_a_task_start_and_end_after_warm_compile_nothing(
     fresh_process_cache: dict[Any, Any], store: CatalogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,10 +68,25 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
     batch = BatchSpec("dag_w", "run_1")
     store.start_batch(batch)  # a batch start's own statements are not warmed
     built = _constructions(monkeypatch)
+    # What a routed task's gate and end send: the schema check, the evidence read, the start,
+    # the return value's checkpoint (written, then overwritten), the end.
+    assert is_current(store.engine)
+    assert store.runs_awaiting_evidence("dag_w", "run_1", task_id="t1") == []
     started = store.start_task(TaskSpec(batch, "t1", lease_owner="host:1"))
+    for value in (1, 2):
+        store.write_checkpoint(
+            execution_id=started.execution_id,
+            scope_key=started.scope_key,
+            node=RETURN_VALUE_NODE,
+            payload=value,
+        )
     ended = store.end_task(started.execution_id, TaskOutcome.SUCCESS)
     assert ended.changed and ended.status is ExecutionStatus.SUCCEEDED
     assert built == []
+    (checkpoint,) = store.read_checkpoints(
+        started.scope_key, CheckpointType.NODE_OUTPUT, RETURN_VALUE_NODE
+    )
+    assert checkpoint.payload == 2
     # ... and the statements it used are the warmed ones, bound to this engine's dialect.
     assert facts.task_facts(store).sql is facts.task_facts(store).sql
     assert len(fresh_process_cache) >= warmed
@@ -106,8 +127,11 @@ def test_the_warmed_statements_compile_as_a_connected_engine_compiles_them(
         assert signature == dialect_signature(connected), name
         own = CompiledStatement(shared.statement, connected, column_keys=shared.column_keys)
         assert own.sql == shared.sql, name
-        for attr in ("_order", "_constants", "_required", "columns", "_direct_ok"):
+        for attr in ("_order", "_required", "columns", "_direct_ok"):
             assert getattr(own, attr) == getattr(shared, attr), (name, attr)
+        # SQLAlchemy also lists an anonymous parameter under a key made of its object's id,
+        # which differs from one compilation to the next; the SQL names it ``param_<n>``.
+        assert _named(own._constants) == _named(shared._constants), name
         assert [n for n, _ in own._bind_procs] == [n for n, _ in shared._bind_procs], name
         assert [i for i, _ in own._result_procs] == [i for i, _ in shared._result_procs], name
         compared += 1
