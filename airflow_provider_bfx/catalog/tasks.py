@@ -216,8 +216,8 @@ def _gather_txn(
 
 
 #: The columns of the row a task start writes (its INSERT is compiled before the fork by
-#: :mod:`.warm`; ``tests/unit/catalog/test_warm.py`` checks that a task start after ``warm()``
-#: compiles nothing, so a column added below and not here fails there).
+#: :mod:`.warm`; ``tests/unit/catalog/test_compiled_shared.py`` checks that a task start after
+#: ``warm()`` compiles nothing, so a column added below and not here fails there).
 START_ROW_COLUMNS = (
     "ParentExecutionID",
     "OriginalExecutionID",

@@ -10,9 +10,10 @@ builds them once for the dialects it may meet, and every forked task inherits th
 Nothing here connects to a database: the engines are created for their dialect only and
 disposed unused. The hot path's statements are also compiled here, for that never-connected
 dialect: a task's engine of the same kind of dialect uses them as they are (:mod:`.compiled`,
-decision 0118), so a task process no longer compiles the task-start facts query (13 ms of CPU)
-and the task end's statements. What else a task compiles (its INSERT for the columns its
-decision wrote, rarer statements) is compiled there, once per process.
+decision 0118), so a task process no longer compiles the task-start facts query (13 ms of CPU),
+its row's INSERT, the evidence read, the return value's checkpoint, the schema check or the
+task end's statements. What else a task compiles (the upstream read, whose list of task ids is
+expanded per call; a batch start's statements; rarer paths) is compiled there, once.
 """
 
 from __future__ import annotations
