@@ -272,7 +272,6 @@ def compiled(
     dialect (:data:`_SHARED`) and bound to this catalog's dialect object (``cat.own``). ``name``
     must name one statement (and column keys) for every catalog of a dialect: ``build`` may read
     only the schema and the dialect's name, as for ``Catalog.memo``."""
-
     return cat.own(  # type: ignore[no-any-return]
         name, lambda: shared_statement(name, cat.engine.dialect, build, column_keys=column_keys)
     )

@@ -215,39 +215,14 @@ def _gather_txn(
     )
 
 
-#: The columns of the row a task start writes (its INSERT is compiled before the fork by
-#: :mod:`.warm`; ``tests/unit/catalog/test_compiled_shared.py`` checks that a task start after
-#: ``warm()`` compiles nothing, so a column added below and not here fails there).
-START_ROW_COLUMNS = (
-    "ParentExecutionID",
-    "OriginalExecutionID",
-    "LineageID",
-    "AuditID",
-    "ExternalExecutionID",
-    "PackageID",
-    "ExecutionStatus",
-    "NextLoadStatus",
-    "AttemptNumber",
-    "OperatorFingerprint",
-    "ItemFingerprint",
-    "LeaseOwner",
-    "LeaseExpiresAt",
-    "StartTime",
-    "EndTime",
-    "DagId",
-    "RunId",
-    "TaskId",
-    "MapIndex",
-    "TryNumber",
-    "LogicalDate",
-    "UpdatedAt",
-    "ExecutionID",
-)
-
-
 def start_row_insert(cat: Catalog) -> CompiledStatement:
-    """A task start's Execution INSERT (:data:`START_ROW_COLUMNS`)."""
-    return execution_insert(cat, START_ROW_COLUMNS)
+    """A task start's Execution INSERT: a task start writes every column of its row (the
+    values of :func:`_write_start_txn`, with the ExecutionID), so the statement is the one of
+    all the table's columns; :mod:`.warm` compiles it before the fork.
+    ``tests/unit/catalog/test_compiled_shared.py`` checks that a task start after ``warm()``
+    compiles nothing: a column the start stops writing, or a new one it does not write, fails
+    there."""
+    return execution_insert(cat, (c.key for c in cat.s.Execution.c))
 
 
 def _write_start_txn(

@@ -61,8 +61,8 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
     fresh_process_cache: dict[Any, Any], store: CatalogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After the forking process's ``warm()``, a task process's first task start and task end,
-    on its own engine, build no compiled statement: the warmed ones are used (a column added
-    to a task start's row and not to ``tasks.START_ROW_COLUMNS`` fails here)."""
+    on its own engine, build no compiled statement: the warmed ones are used (a task start
+    that stops writing a column of its row, or a new column it does not write, fails here)."""
     _warmed(store.dialect)
     warmed = len(fresh_process_cache)
     batch = BatchSpec("dag_w", "run_1")
