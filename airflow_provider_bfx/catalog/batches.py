@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.codes import (
@@ -20,6 +21,7 @@ from airflow_provider_bfx.catalog.codes import (
     parse_next_load_status,
     parse_status,
 )
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.facts import batch_start_read_txn
 from airflow_provider_bfx.catalog.leases import abort_lapsed_txn
 from airflow_provider_bfx.catalog.packages import NewPackage, register_package_txn
@@ -46,6 +48,20 @@ def start_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec) -> tuple[in
     return int(bid), lines
 
 
+def package_lock(cat: Catalog) -> CompiledStatement:
+    """The DAG package's row lock a batch start takes first (parameter ``p_dag``), compiled
+    once per process (:mod:`.warm`, decision 0119)."""
+
+    def build() -> Any:
+        P = cat.s.Package
+        return cat.impl.lock(
+            select(P.c.PackageID).where(P.c.DagId == bindparam("p_dag"), P.c.TaskId.is_(None)),
+            P,
+        )
+
+    return compiled(cat, "package_lock", build)
+
+
 def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datetime) -> list[str]:
     """Create the batch row for a DAG run seen for the first time (under the DAG package's
     row lock, so two first tasks of one run, or two runs of one DAG, decide one at a time).
@@ -53,11 +69,9 @@ def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datet
     On PostgreSQL this is one round trip on the common path (decision 0105): the lock travels
     in front of the one facts SELECT (:func:`.facts.batch_start_read_txn`), and the writes
     (a reconciled batch, the new row) travel with the caller's next statement."""
-    P = cat.s.Package
-    lock = cat.impl.lock(
-        select(P.c.PackageID).where(P.c.DagId == spec.dag_id, P.c.TaskId.is_(None)), P
-    )
-    write(conn, lock)  # its rows are not read: it only has to be taken before the read
+    lock = package_lock(cat)
+    held = {"p_dag": spec.dag_id}
+    lock.write(conn, held)  # its rows are not read: it only has to be taken before the read
     read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
     if read.package is None and read.new_package is not None:
         # A DAG seen for the first time: its package registered as a queued write, with the
@@ -75,7 +89,7 @@ def create_batch_txn(cat: Catalog, conn: Connection, spec: BatchSpec, now: datet
         if isinstance(pkg, NewPackage):
             read = replace(read, package=pkg)
         else:  # registered by its reads (SQL Server): read again under the lock
-            write(conn, lock)
+            lock.write(conn, held)
             read = batch_start_read_txn(cat, conn, spec.dag_id, now, spec=spec)
     pkg = read.package
     assert pkg is not None

@@ -28,8 +28,9 @@ Where the compiled text would not be what ``Connection.execute`` sends, the stat
 through ``Connection.execute`` as before (same rows, attribute access alike): a connection of
 another dialect than the one compiled for, or with a ``schema_translate_map`` (the SQL Server
 twin of ``tests/unit/catalog/test_mssql_sql.py``), Core-level ``before_execute`` listeners (they
-are handed the Core statement), or a dialect that types its binds before each execute
-(``bind_typing`` ``SETINPUTSIZES``: SQL Server's pyodbc). PostgreSQL
+are handed the Core statement), a dialect that types its binds before each execute
+(``bind_typing`` ``SETINPUTSIZES``: SQL Server's pyodbc), or a text that is finished per call
+(an expanding or literal-execute parameter, such as SQL Server's ``TOP``). PostgreSQL
 (psycopg2) and SQLite take the compiled path.
 
 :meth:`CompiledStatement.write` is :func:`.pipeline.write` for a compiled statement: queued on a
@@ -69,12 +70,14 @@ Processor = Callable[[Any], Any]
 
 class _Context:
     """What the cursor listeners read of an execution context: its execution options
-    (:func:`.pipeline.prepared`'s label)."""
+    (:func:`.pipeline.prepared`'s label), and the key under which :mod:`.pipeline` finds the
+    statement prepared in a session (the same at every call: its constants do not change)."""
 
-    __slots__ = ("execution_options",)
+    __slots__ = ("execution_options", "prepared_key")
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.execution_options = options
+        self.prepared_key: tuple[str, Any] | None = None
 
 
 class CompiledStatement:
@@ -97,12 +100,15 @@ class CompiledStatement:
             tuple(column_keys) if column_keys is not None else None
         )
         self._dialect = dialect
-        self._direct_ok = dialect.bind_typing is not BindTyping.SETINPUTSIZES
         compiled = statement.compile(  # type: ignore[attr-defined]
             dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None
         )
-        if "POSTCOMPILE" in compiled.string:
-            raise ValueError("a statement with expanding or literal-execute parameters")
+        # A text finished per call (an expanding or literal-execute parameter: SQL Server's
+        # TOP n) is never sent as compiled here: Connection.execute finishes it.
+        self._direct_ok = (
+            dialect.bind_typing is not BindTyping.SETINPUTSIZES
+            and "POSTCOMPILE" not in compiled.string
+        )
         self.sql: str = compiled.string
         self._options = _Context(dict(statement.get_execution_options()))
         binds = compiled.binds  # type: ignore[attr-defined]

@@ -98,7 +98,7 @@ def install(engine: Engine) -> Engine:
             return statement, params  # recorded by :func:`write`, not sent
         label = None if many or context is None else context.execution_options.get(_PREPARE)
         if label and cursor.connection.server_version >= _PREPARE_SINCE:
-            return _prefix(conn) + _by_name(cursor, statement, params, label), None
+            return _prefix(conn) + _by_name(cursor, statement, params, label, context), None
         prefix = _prefix(conn)
         if not prefix:
             return statement, params
@@ -239,14 +239,24 @@ def connection_factory() -> Any:
 _GONE = "26000"  # invalid_sql_statement_name: this session does not know the name
 
 
-def _by_name(cursor: Any, statement: str, params: Any, label: str) -> str:
+def _by_name(cursor: Any, statement: str, params: Any, label: str, context: Any) -> str:
     """``EXECUTE`` of ``statement`` prepared in this session, with its ``PREPARE`` in front
     the first time. Keyed by the statement and its constants; each ``PREPARE`` gets a name of
     its own, so that one whose fate is unknown (its query failed) is never prepared twice
-    under one name. Confirmed by the ``after_cursor_execute`` event."""
+    under one name. Confirmed by the ``after_cursor_execute`` event.
+
+    A compiled statement (:mod:`.compiled`) binds the same constants at every call, so its
+    context keeps the key once made (``prepared_key``, checked against the text sent): the
+    constants of the task-start facts query are ~30 parameters to sort at every call."""
     dbapi = cursor.connection
-    consts = tuple(sorted((k, v) for k, v in params.items() if not k.startswith(_ARG)))
-    key = (statement, consts)
+    kept = getattr(context, "prepared_key", None)
+    if kept is not None and kept[0] is statement:
+        key = kept
+    else:
+        consts = tuple(sorted((k, v) for k, v in params.items() if not k.startswith(_ARG)))
+        key = (statement, consts)
+        if hasattr(context, "prepared_key"):
+            context.prepared_key = key
     entry = dbapi.bfx_prepared.get(key)
     head = ""
     if entry is None:

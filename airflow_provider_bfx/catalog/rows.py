@@ -174,6 +174,18 @@ def execution_insert(cat: Catalog, columns: Iterable[str]) -> CompiledStatement:
     )
 
 
+def _nullable_without_default(cat: Catalog) -> frozenset[str]:
+    """The Execution columns whose value, when an INSERT omits them, is NULL."""
+    return cat.memo(
+        "execution_nullable_without_default",
+        lambda: frozenset(
+            c.key
+            for c in cat.s.Execution.c
+            if c.nullable and c.default is None and c.server_default is None
+        ),
+    )
+
+
 def insert_execution_txn(
     cat: Catalog, conn: Connection, next_id: int | None, values: dict[str, Any]
 ) -> int:
@@ -183,6 +195,11 @@ def insert_execution_txn(
     if next_id is not None:
         row = {k: (next_id if v is SELF else v) for k, v in values.items()}
         row["ExecutionID"] = next_id
+        # A column the row leaves out that has no default is written NULL, as omitting it
+        # would: so a batch row (no task, no lease) and a task row are one statement, the one
+        # :mod:`.warm` compiles (decision 0119).
+        for key in _nullable_without_default(cat):
+            row.setdefault(key, None)
         # One statement, compiled once per set of columns, the values as parameters: building
         # ``insert().values()`` per row cost more Python than the rest of a task start
         # (decision 0105), executing it through ``Connection.execute`` a third (0108).

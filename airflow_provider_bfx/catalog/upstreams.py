@@ -10,6 +10,12 @@ latest row of each (task, map index) of the named tasks, through the index
 ``ix_execution_dag_task_run`` (``DagId``, ``TaskId``, ``RunId``, ``MapIndex``, ``ExecutionID``,
 migration 0003): its cost follows the number of upstream instances, never the run's size or the
 catalog's history (decision 0100).
+
+Both reads are compiled once per process (:mod:`.compiled`), so a task process does not compile
+them again (decision 0119). The list of task ids is not an expanding parameter (whose text is
+rendered per call): a statement has a fixed number of task-id parameters, a power of two, and a
+shorter list is padded with its last id (``IN`` does not care); :mod:`.warm` compiles the small
+ones before the fork.
 """
 
 from __future__ import annotations
@@ -19,11 +25,28 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, exists, select
 
+from airflow_provider_bfx.catalog.compiled import CompiledStatement, compiled
 from airflow_provider_bfx.catalog.results import ExecutionRecord
 from airflow_provider_bfx.catalog.txn import Catalog
 
 #: Task ids per statement: well under SQL Server's 2,100 parameters and old SQLite's 999.
-CHUNK = 500
+CHUNK = 512
+
+#: The columns an :class:`ExecutionRecord` is read from, labelled by key (rows are read by key
+#: on every engine: :mod:`.compiled`).
+_RECORD = (
+    "ExecutionID",
+    "ParentExecutionID",
+    "OriginalExecutionID",
+    "LineageID",
+    "ExecutionStatus",
+    "NextLoadStatus",
+    "AuditID",
+    "AttemptNumber",
+    "TaskId",
+    "MapIndex",
+    "LeaseOwner",
+)
 
 
 def _latest_rows(cat: Catalog, *where: Any) -> Select[Any]:
@@ -38,25 +61,29 @@ def _latest_rows(cat: Catalog, *where: Any) -> Select[Any]:
         later.c.MapIndex == E.c.MapIndex,
         later.c.ExecutionID > E.c.ExecutionID,
     )
-    return select(
-        E.c.ExecutionID,
-        E.c.ParentExecutionID,
-        E.c.OriginalExecutionID,
-        E.c.LineageID,
-        E.c.ExecutionStatus,
-        E.c.NextLoadStatus,
-        E.c.AuditID,
-        E.c.AttemptNumber,
-        E.c.TaskId,
-        E.c.MapIndex,
-        E.c.LeaseOwner,
-    ).where(*where, ~newer)
+    return select(*(E.c[k].label(k) for k in _RECORD)).where(*where, ~newer)
 
 
-def latest_task_rows_query(cat: Catalog) -> Select[Any]:
-    """Latest row of each (task, map index) of the tasks ``p_tasks`` (an expanding list) in the
-    DAG run ``p_dag``/``p_run``: a row with no later row of the same slot (built once per
-    store; the anti-join walks the same index as the outer read)."""
+def task_slots(count: int) -> int:
+    """How many task-id parameters the statement that reads ``count`` task ids has: the
+    smallest power of two that holds them (at most :data:`CHUNK`), so that a process compiles
+    a handful of statements, not one per list length."""
+    if not 0 < count <= CHUNK:
+        raise ValueError(f"{count} task ids: between 1 and {CHUNK} per statement")
+    return 1 << (count - 1).bit_length()
+
+
+def task_params(task_ids: list[str]) -> dict[str, str]:
+    """The task-id parameters of :func:`latest_task_rows` for ``task_ids`` (1 to
+    :data:`CHUNK` of them), padded with the last id to :func:`task_slots`."""
+    padded = task_ids + task_ids[-1:] * (task_slots(len(task_ids)) - len(task_ids))
+    return {f"p_task_{i}": task_id for i, task_id in enumerate(padded)}
+
+
+def latest_task_rows_query(cat: Catalog, slots: int = 1) -> Select[Any]:
+    """Latest row of each (task, map index) of the tasks ``p_task_0`` .. ``p_task_<slots-1>``
+    in the DAG run ``p_dag``/``p_run``: a row with no later row of the same slot (built once per
+    process; the anti-join walks the same index as the outer read)."""
 
     def build() -> Select[Any]:
         E = cat.s.Execution
@@ -64,10 +91,16 @@ def latest_task_rows_query(cat: Catalog) -> Select[Any]:
             cat,
             E.c.DagId == bindparam("p_dag"),
             E.c.RunId == bindparam("p_run"),
-            E.c.TaskId.in_(bindparam("p_tasks", expanding=True)),
+            E.c.TaskId.in_([bindparam(f"p_task_{i}") for i in range(slots)]),
         )
 
-    return cat.memo("latest_task_rows", build)
+    return cat.memo(f"latest_task_rows_{slots}", build)
+
+
+def latest_task_rows(cat: Catalog, slots: int) -> CompiledStatement:
+    """:func:`latest_task_rows_query` compiled once per process (:mod:`.warm` compiles the
+    small ones before a fork)."""
+    return compiled(cat, f"latest_task_rows_{slots}", lambda: latest_task_rows_query(cat, slots))
 
 
 def latest_item_rows_query(cat: Catalog) -> Select[Any]:
@@ -98,17 +131,23 @@ def latest_item_rows_query(cat: Catalog) -> Select[Any]:
     return cat.memo("latest_item_rows", build)
 
 
+def latest_item_rows(cat: Catalog) -> CompiledStatement:
+    """:func:`latest_item_rows_query` compiled once per process."""
+    return compiled(cat, "latest_item_rows", lambda: latest_item_rows_query(cat))
+
+
 def latest_task_rows_txn(
     cat: Catalog, conn: Connection, dag_id: str, run_id: str, task_ids: Iterable[str]
 ) -> list[ExecutionRecord]:
     """The latest row of each (task, map index) of ``task_ids`` in one DAG run, as typed
     records ordered by ExecutionID. Tasks without a row are simply absent."""
     wanted = sorted(set(task_ids))
-    query = latest_task_rows_query(cat)
     found: list[ExecutionRecord] = []
     for start in range(0, len(wanted), CHUNK):
-        params = {"p_dag": dag_id, "p_run": run_id, "p_tasks": wanted[start : start + CHUNK]}
-        found += [ExecutionRecord.of_row(row) for row in conn.execute(query, params)]
+        chunk = wanted[start : start + CHUNK]
+        params = {"p_dag": dag_id, "p_run": run_id, **task_params(chunk)}
+        rows = latest_task_rows(cat, task_slots(len(chunk))).rows(conn, params)
+        found += [ExecutionRecord.of_row(row) for row in rows]
     return sorted(found, key=lambda r: r.execution_id)
 
 
@@ -132,5 +171,5 @@ def latest_item_rows_txn(
         "p_task": task_id,
         "p_item": item_fingerprint,
     }
-    rows = conn.execute(latest_item_rows_query(cat), params)
+    rows = latest_item_rows(cat).rows(conn, params)
     return sorted((ExecutionRecord.of_row(row) for row in rows), key=lambda r: r.execution_id)

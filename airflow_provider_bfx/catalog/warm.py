@@ -12,15 +12,16 @@ disposed unused. The hot path's statements are also compiled here, for that neve
 dialect: a task's engine of the same kind of dialect uses them as they are (:mod:`.compiled`,
 decision 0118), so a task process no longer compiles the task-start facts query (13 ms of CPU),
 its row's INSERT, the evidence read, the return value's checkpoint, the schema check or the
-task end's statements. What else a task compiles (the upstream read, whose list of task ids is
-expanded per call; a batch start's statements; rarer paths) is compiled there, once.
+task end's statements; nor a batch start's (a run's first task) or the upstream read of up to
+8 upstream tasks (decision 0119). What else a task compiles (a batch end, a wider fan-in,
+rarer paths) is compiled there, once.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import create_engine
 
-from airflow_provider_bfx.catalog import adoption, checkpoints, facts, tasks, upstreams
+from airflow_provider_bfx.catalog import adoption, batches, checkpoints, facts, tasks, upstreams
 from airflow_provider_bfx.catalog.revision import revision_query
 from airflow_provider_bfx.catalog.txn import Catalog
 
@@ -29,6 +30,10 @@ DIALECT_URLS = {"postgresql": "postgresql+psycopg2://", "sqlite": "sqlite://"}
 
 #: ``CatalogStore.runs_awaiting_evidence``'s default (the query is built for ``limit + 1``).
 EVIDENCE_LIMIT = 5
+
+#: The upstream reads compiled before a fork, by their number of task-id parameters: a task
+#: with up to 8 upstream tasks (a wider fan-in compiles its own once, in its process).
+UPSTREAM_SLOTS = (1, 2, 4, 8)
 
 
 def build_statements(cat: Catalog) -> None:
@@ -43,12 +48,18 @@ def build_statements(cat: Catalog) -> None:
     checkpoints.overwrite(cat)
     checkpoints.first_write(cat)
     revision_query(cat.engine.dialect)
+    # A run's first task starts its batch (decision 0119): the lock, the read, and the row's
+    # INSERT, which is the task start's (every column named).
+    batches.package_lock(cat)
+    facts.batch_start_facts(cat, with_next_id=True)
+    facts.batch_start_facts(cat, with_next_id=False)
+    for slots in UPSTREAM_SLOTS:
+        upstreams.latest_task_rows(cat, slots)
+    upstreams.latest_item_rows(cat)
     facts.task_facts_query(cat)
     facts.task_end_facts_query(cat)
     facts.batch_start_facts_query(cat, with_next_id=True)
     facts.batch_start_facts_query(cat, with_next_id=False)
-    upstreams.latest_task_rows_query(cat)
-    upstreams.latest_item_rows_query(cat)
     adoption.batches_query(cat, EVIDENCE_LIMIT + 1)
 
 

@@ -105,3 +105,17 @@ def test_core_listeners_still_see_the_statement(store: CatalogStore) -> None:
     assert rows[0].x_id is None and rows[0].a_id is not None
     with store.engine.begin() as conn:
         assert facts.direct(conn)
+
+
+def test_a_text_finished_per_call_runs_through_connection_execute(store: CatalogStore) -> None:
+    """An expanding parameter's text is finished by ``Connection.execute`` at each call: such
+    a statement is compiled (its rows still read by attribute) but never sent as compiled."""
+    E = store.s.Execution
+    query = select(E.c.ExecutionID.label("ExecutionID")).where(
+        E.c.ExecutionID.in_(bindparam("ids", expanding=True))
+    )
+    stmt = CompiledStatement(query, store.engine.dialect)
+    assert "POSTCOMPILE" in stmt.sql
+    with store.engine.begin() as conn:
+        assert not stmt.direct(conn)
+        assert stmt.rows(conn, {"ids": [1, 2]}) == []

@@ -62,17 +62,31 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
 ) -> None:
     """After the forking process's ``warm()``, a task process's first task start and task end,
     on its own engine, build no compiled statement: the warmed ones are used (a task start
-    that stops writing a column of its row, or a new column it does not write, fails here)."""
+    that stops writing a column of its row, or a new column it does not write, fails here).
+    The task is its run's first, so its start also starts the batch (decision 0119), and its
+    gate reads its upstreams' rows."""
+    earlier = BatchSpec("dag_w", "run_0")  # the DAG and its tasks are known from a run before
+    for task in ("t0", "t1"):
+        done = store.start_task(TaskSpec(earlier, task, lease_owner="host:1"))
+        store.end_task(done.execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("dag_w", "run_0", succeeded=True)
+    fresh_process_cache.clear()  # a new task process: nothing compiled, nothing bound
+    store._own.clear()
     _warmed(store.dialect)
     warmed = len(fresh_process_cache)
     batch = BatchSpec("dag_w", "run_1")
-    store.start_batch(batch)  # a batch start's own statements are not warmed
     built = _constructions(monkeypatch)
-    # What a routed task's gate and end send: the schema check, the evidence read, the start,
-    # the return value's checkpoint (written, then overwritten), the end.
+    # What a routed task's gate and end send: the schema check, the evidence read, the
+    # upstream read (one upstream, then three), the start (with its batch's), the return
+    # value's checkpoint (written, then overwritten), the end.
     assert is_current(store.engine)
-    assert store.runs_awaiting_evidence("dag_w", "run_1", task_id="t1") == []
+    evidence = store.runs_awaiting_evidence("dag_w", "run_1", task_id="t1")
+    assert [(r.run_id, r.settled) for r in evidence] == [("run_0", True)]
+    assert store.latest_task_records("dag_w", "run_0", ["t0"])[0].task_id == "t0"
+    three = store.latest_task_records("dag_w", "run_0", ["t0", "t1", "t9"])
+    assert [r.task_id for r in three] == ["t0", "t1"]
     started = store.start_task(TaskSpec(batch, "t1", lease_owner="host:1"))
+    assert started.status is ExecutionStatus.EXECUTING
     for value in (1, 2):
         store.write_checkpoint(
             execution_id=started.execution_id,
@@ -102,13 +116,14 @@ def test_without_warm_a_task_start_compiles_its_statements(
     fresh_process_cache: dict[Any, Any], store: CatalogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The control of the test above: the same calls in a process that did not warm build
-    the task-start facts, the row's INSERT and the task end's statements."""
+    the batch start's statements, the task-start facts, the row's INSERT, the upstream read
+    and the task end's statements."""
     batch = BatchSpec("dag_w", "run_1")
-    store.start_batch(batch)
     built = _constructions(monkeypatch)
     started = store.start_task(TaskSpec(batch, "t1", lease_owner="host:1"))
+    store.latest_task_records("dag_w", "run_1", ["t1"])
     store.end_task(started.execution_id, TaskOutcome.SUCCESS)
-    assert len(built) >= 4
+    assert len(built) >= 8, built
 
 
 def test_the_warmed_statements_compile_as_a_connected_engine_compiles_them(

@@ -18,6 +18,7 @@ from sqlalchemy import event, text
 from airflow_provider_bfx.catalog.machine import TaskOutcome
 from airflow_provider_bfx.catalog.store import BatchSpec, CatalogStore, TaskSpec
 from airflow_provider_bfx.catalog.txn import utcnow
+from airflow_provider_bfx.catalog.upstreams import CHUNK, task_slots
 from tests.story import deployed_store
 
 DAG = "upstream_dag"
@@ -67,6 +68,35 @@ def test_latest_row_of_each_named_task_and_map_index(store: CatalogStore) -> Non
     seen = {r.execution_id for r in found}
     assert other.execution_id not in seen and elsewhere.execution_id not in seen
     assert store.latest_task_records(DAG, "r1", []) == []
+
+
+def test_a_list_of_any_length_reads_each_task_once(store: CatalogStore) -> None:
+    """The read has a power-of-two number of task-id parameters and pads a shorter list with
+    its last id (decision 0119): every length from 1 to 9 returns each named task's latest
+    row exactly once, and nothing of a task not named."""
+    batch = BatchSpec(DAG, "lengths")
+    rows = {}
+    for i in range(10):
+        started = store.start_task(TaskSpec(batch, f"t{i:04d}"))
+        rows[f"t{i:04d}"] = started.execution_id
+    for n in range(1, 10):
+        asked = [f"t{i:04d}" for i in range(0, 2 * n, 2)]  # some of them never ran
+        found = store.latest_task_records(DAG, "lengths", asked)
+        assert [r.execution_id for r in found] == [rows[t] for t in asked if t in rows], n
+    assert [task_slots(n) for n in (1, 2, 3, 4, 5, 8, 9, 500, CHUNK)] == [
+        1,
+        2,
+        4,
+        4,
+        8,
+        8,
+        16,
+        512,
+        512,
+    ]
+    for wrong in (0, CHUNK + 1):
+        with pytest.raises(ValueError, match="task ids"):
+            task_slots(wrong)
 
 
 def test_many_upstreams_are_read_in_chunks(store: CatalogStore) -> None:

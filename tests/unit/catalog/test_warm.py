@@ -59,7 +59,8 @@ for url in ("sqlite:///{tmp_path / "x.db"}", "postgresql+psycopg2://"):
     facts.task_end_facts_query(cat)
     facts.batch_start_facts_query(cat, with_next_id=True)
     facts.batch_start_facts_query(cat, with_next_id=False)
-    upstreams.latest_task_rows_query(cat)
+    for slots in (1, 2, 4, 8):
+        upstreams.latest_task_rows_query(cat, slots)
     adoption.batches_query(cat, EVIDENCE_LIMIT + 1)
     # what warm() did not build is built on demand: the replaced builder fails
     try:
