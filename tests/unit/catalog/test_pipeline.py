@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
 from airflow_provider_bfx.catalog.engine import create_catalog_engine
+from airflow_provider_bfx.catalog.facts import task_facts
 from airflow_provider_bfx.catalog.machine import TaskOutcome
 from airflow_provider_bfx.catalog.migrate import upgrade
 from airflow_provider_bfx.catalog.pipeline import write
@@ -207,6 +208,25 @@ def test_facts_queries_are_prepared_once_per_session_with_a_generic_plan(
     (_, generic, custom) = plans[0]
     assert (generic, custom) == (7, 0), plans  # t0's start ran it twice: around its batch
     assert store.end_task(first.execution_id, TaskOutcome.SUCCESS).changed
+
+
+def test_a_compiled_statement_keeps_the_key_of_its_prepared_statement(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """Decision 0119: the key under which a session finds the prepared facts query (its text
+    and its ~30 constants) is made at the first call and kept by the compiled statement, not
+    sorted again at every call; it is the key the session prepared the statement under."""
+    store, _ = wired
+    batch = BatchSpec("pipe_dag", "run-0")
+    for n in range(3):
+        store.end_task(store.start_task(TaskSpec(batch, f"t{n}")).execution_id, TaskOutcome.SUCCESS)
+    facts = task_facts(store)
+    key = facts._options.prepared_key
+    assert key is not None and key[0] is facts.sql
+    assert all(not name.startswith("p_") for name, _ in key[1]) and len(key[1]) > 10, key[1]
+    with store.engine.connect() as conn:  # the pool's one connection: the same session
+        prepared = conn.connection.dbapi_connection.bfx_prepared  # type: ignore[union-attr]
+        assert key in prepared and prepared[key].startswith("EXECUTE bfx_task_facts_")
 
 
 def test_a_session_that_lost_its_prepared_statements_prepares_them_again(
