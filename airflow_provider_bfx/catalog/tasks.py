@@ -220,8 +220,10 @@ def start_row_insert(cat: Catalog) -> CompiledStatement:
     values of :func:`_write_start_txn`, with the ExecutionID), so the statement is the one of
     all the table's columns; :mod:`.warm` compiles it before the fork.
     ``tests/unit/catalog/test_compiled_shared.py`` checks that a task start after ``warm()``
-    compiles nothing: a column the start stops writing, or a new one it does not write, fails
-    there."""
+    compiles nothing: a column with a default that the start stops writing, or a new one it
+    does not write, fails there. A column without a default is written NULL when a row leaves
+    it out (:func:`.rows.insert_execution_txn`, decision 0119), so leaving one out compiles
+    nothing new and is not caught there."""
     return execution_insert(cat, (c.key for c in cat.s.Execution.c))
 
 

@@ -62,7 +62,8 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
 ) -> None:
     """After the forking process's ``warm()``, a task process's first task start and task end,
     on its own engine, build no compiled statement: the warmed ones are used (a task start
-    that stops writing a column of its row, or a new column it does not write, fails here).
+    that stops writing a column with a default, or a new column with a default that it does not
+    write, fails here; a column without one is written NULL when left out, decision 0119).
     The task is its run's first, so its start also starts the batch (decision 0119), and its
     gate reads its upstreams' rows."""
     earlier = BatchSpec("dag_w", "run_0")  # the DAG and its tasks are known from a run before
