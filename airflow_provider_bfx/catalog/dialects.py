@@ -27,6 +27,11 @@ class CatalogDialect:
     """The default behaviour; an engine's subclass overrides what its engine does otherwise."""
 
     __dialect__: ClassVar[str] = "default"
+    #: Whether a transition of one statement runs outside any transaction, the server
+    #: committing the statement on its own (:meth:`.txn.Catalog.transaction`'s
+    #: ``one_statement``): no BEGIN and no COMMIT to send. Default: in a transaction, as any
+    #: other (SQLite's ``BEGIN IMMEDIATE`` is the write lock; SQL Server is not run here).
+    autocommits_one_statement: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,6 +70,7 @@ class PostgresDialect(CatalogDialect):
     """PostgreSQL: ``FOR NO KEY UPDATE OF`` the row; ids from the identity's sequence."""
 
     __dialect__ = "postgresql"
+    autocommits_one_statement = True  # one round trip instead of two (decision 0120)
 
     def lock(self, query: Select[Any], table: Any) -> Select[Any]:
         # NO KEY UPDATE: transitions still exclude each other (every one takes this mode),

@@ -745,6 +745,57 @@ def task_end(facts: TaskEndFacts) -> TaskEnd | None:
 
 
 @dataclass(frozen=True)
+class EndGuard:
+    """Where a task end's decision does not depend on what the store would read: for every
+    row status in ``current`` and batch status in ``batch``, whether the copy step landed or
+    not, :func:`task_end` decides ``end``. The store may then write ``end`` in one guarded
+    statement (the row and its batch row still have such statuses, checked under the batch row
+    lock) instead of reading the facts first; when the guard does not hold it reads them and
+    decides as always (decision 0120). A guard never decides anything: it is this table's own
+    answer, worked out by evaluating it."""
+
+    end: TaskEnd
+    current: frozenset[St]
+    batch: frozenset[St]
+
+
+#: The facts a task end is expected to meet: the row as its start wrote it, a running batch.
+_EXPECTED_END = (St.EXECUTING, St.EXECUTING)
+
+
+def task_end_guard(outcome: TaskOutcome) -> EndGuard | None:
+    """The largest set of row and batch statuses around the expected facts over which
+    :func:`task_end` decides one single-row write for ``outcome``, whatever the copy step did;
+    None when there is none (the expected decision writes an error row or ends the batch, or
+    depends on the copy step: a failure). Evaluated from ``TASK_END_RULES``, never written
+    by hand, so that the table stays the one home of the decision."""
+    return _GUARDS.get(outcome)
+
+
+def _end_guard(outcome: TaskOutcome) -> EndGuard | None:
+    statuses = tuple(St)
+
+    def ends(current: St, batch: St) -> set[TaskEnd | None]:
+        return {task_end(TaskEndFacts(outcome, current, batch, landed)) for landed in (False, True)}
+
+    row0, batch0 = _EXPECTED_END
+    expected = ends(row0, batch0)
+    if len(expected) != 1:
+        return None
+    (end,) = expected
+    if end is None or end.record_error or end.fail_batch:
+        return None
+    batch = frozenset(b for b in statuses if ends(row0, b) == {end})
+    current = frozenset(c for c in statuses if all(ends(c, b) == {end} for b in batch))
+    return EndGuard(end, current, batch)
+
+
+_GUARDS: dict[TaskOutcome, EndGuard] = {
+    o: g for o in TaskOutcome if (g := _end_guard(o)) is not None
+}
+
+
+@dataclass(frozen=True)
 class BatchEnd:
     status: St
     next_load_status: Nls

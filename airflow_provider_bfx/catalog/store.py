@@ -127,7 +127,16 @@ class CatalogStore(Catalog):
         error_detail: str | None = None,
     ) -> TaskEnded:
         """Record how one try ended (idempotent: a second call for an ended row changes
-        nothing)."""
+        nothing). A success or a skip is first one guarded statement; only when its guard
+        does not hold is the end read, decided and written (:mod:`.tasks`, decision 0120)."""
+        if tasks.end_guarded(self, outcome) is not None:
+            ended = self.transaction(
+                lambda conn: tasks.end_task_guarded_txn(self, conn, execution_id, outcome),
+                "task end",
+                one_statement=True,
+            )
+            if ended is not None:
+                return ended
         return self.transaction(
             lambda conn: tasks.end_task_txn(
                 self,

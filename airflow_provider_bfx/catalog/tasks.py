@@ -11,6 +11,12 @@ A task start is three steps in one transaction, each a function below:
 Every transition locks the batch row first, so concurrent tasks of one batch serialise on it: a
 task ending successfully can never miss the batch's failure stamping, and a final failure can
 never miss a sibling's success.
+
+A task end whose decision the state machine can tell without the facts (a success, a skip:
+:func:`.machine.task_end_guard`) is first one guarded UPDATE (:func:`end_task_guarded_txn`):
+it writes that decision only while the row and its batch row (locked by the same statement)
+still have the statuses the machine gave it for; otherwise nothing is written and the end is
+read, decided and written as above (decision 0120).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.sql.dml import Update
 
 from airflow_provider_bfx.catalog import keys, machine
 from airflow_provider_bfx.catalog.batches import apply_batch_end_txn, create_batch_txn
@@ -45,6 +52,7 @@ from airflow_provider_bfx.catalog.rows import (
     SELF,
     execution_insert,
     insert_execution_txn,
+    one_of,
     token_line,
 )
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -458,16 +466,76 @@ def end_update(cat: Catalog) -> CompiledStatement:
 
     def build() -> Any:
         E = cat.s.Execution
-        return (
-            update(E)
-            .where(E.c.ExecutionID == bindparam("p_execution_id"))
-            .values(
-                ExecutionStatus=bindparam("p_status"),
-                NextLoadStatus=bindparam("p_nls"),
-                EndTime=bindparam("p_now"),
-                LeaseExpiresAt=None,
-                UpdatedAt=bindparam("p_now"),
+        return _ended(update(E).where(E.c.ExecutionID == bindparam("p_execution_id")))
+
+    return compiled(cat, "task_end_update", build)
+
+
+def _ended(statement: Update) -> Update:
+    """What a task end writes to its row (parameters ``p_status``, ``p_nls``, ``p_now``): one
+    home for the full path's UPDATE and the guarded one."""
+    return statement.values(
+        ExecutionStatus=bindparam("p_status"),
+        NextLoadStatus=bindparam("p_nls"),
+        EndTime=bindparam("p_now"),
+        LeaseExpiresAt=None,
+        UpdatedAt=bindparam("p_now"),
+    )
+
+
+def end_guarded(cat: Catalog, outcome: TaskOutcome) -> CompiledStatement | None:
+    """The guarded UPDATE of a task end with ``outcome`` (:func:`.machine.task_end_guard`),
+    compiled once per process; None when the machine has no guard for it (a failure).
+
+    ``UPDATE Execution SET <the decision> WHERE ExecutionID = :id AND ExecutionStatus IN
+    (<guard.current>) AND EXISTS (SELECT the batch row WHERE ExecutionStatus IN (<guard.batch>)
+    <locked as the facts queries lock it>)``. The lock serialises the end with its siblings'
+    transitions exactly as the facts query's does; on PostgreSQL a batch row or a row changed
+    by a transaction that committed while the statement waited is read again (READ COMMITTED
+    re-checks a locked or updated row), so a batch failed in the meantime, or a row aborted,
+    matches nothing and the end is decided from the facts (decision 0120)."""
+    guard = machine.task_end_guard(outcome)
+    if guard is None:
+        return None
+
+    def build() -> Any:
+        E = cat.s.Execution
+        b = E.alias("b")
+        batch = cat.impl.lock(
+            select(b.c.ExecutionID).where(
+                b.c.ExecutionID == E.c.ParentExecutionID,
+                one_of(b.c.ExecutionStatus, sorted(s.value for s in guard.batch)),
+            ),
+            b,
+        )
+        return _ended(
+            update(E).where(
+                E.c.ExecutionID == bindparam("p_execution_id"),
+                one_of(E.c.ExecutionStatus, sorted(s.value for s in guard.current)),
+                batch.exists(),
             )
         )
 
-    return compiled(cat, "task_end_update", build)
+    return compiled(cat, f"task_end_guarded_{outcome.value}", build)
+
+
+def end_task_guarded_txn(
+    cat: Catalog, conn: Connection, execution_id: int, outcome: TaskOutcome
+) -> TaskEnded | None:
+    """A task end in one statement, when the machine decides it without the facts and the
+    guard holds (:func:`end_guarded`); None when it wrote nothing: the caller then reads the
+    facts and decides (:func:`end_task_txn`). One statement, so that on PostgreSQL it can run
+    outside any transaction and commit on its own: one round trip (decision 0120)."""
+    guard = machine.task_end_guard(outcome)
+    statement = end_guarded(cat, outcome)
+    if guard is None or statement is None:
+        return None
+    params = {
+        "p_execution_id": execution_id,
+        "p_status": guard.end.status.value,
+        "p_nls": guard.end.next_load_status.value,
+        "p_now": cat.clock(),
+    }
+    if statement.execute(conn, params) != 1:
+        return None
+    return TaskEnded(execution_id, guard.end.status, guard.end.next_load_status, True, False)

@@ -83,14 +83,26 @@ class Catalog:
         found: T = self._own[name]
         return found
 
-    def transaction(self, work: Callable[[Connection], T], what: str) -> T:
+    def transaction(
+        self, work: Callable[[Connection], T], what: str, *, one_statement: bool = False
+    ) -> T:
         """Run ``work(conn)`` in one transaction, re-run from its start on a transient error
-        (briefly; then :class:`CatalogUnavailableError`). ``what`` names it in that error."""
+        (briefly; then :class:`CatalogUnavailableError`). ``what`` names it in that error.
+
+        ``one_statement``: ``work`` sends at most one statement, atomic on its own; where the
+        engine allows it (``impl.autocommits_one_statement``: PostgreSQL) it runs outside any
+        transaction and the server commits it, saving the BEGIN and the COMMIT's round trip
+        (decision 0120)."""
         if not self._schema_checked:
             self._with_retries(self._check_schema, what)
             self._schema_checked = True
+        autocommit = one_statement and self.impl.autocommits_one_statement
 
         def once() -> T:
+            if autocommit:
+                with self.engine.connect() as conn:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return work(conn)
             with self.engine.begin() as conn:
                 return work(conn)
 

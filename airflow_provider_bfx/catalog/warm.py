@@ -22,6 +22,7 @@ from __future__ import annotations
 from sqlalchemy import create_engine
 
 from airflow_provider_bfx.catalog import adoption, batches, checkpoints, facts, tasks, upstreams
+from airflow_provider_bfx.catalog.machine import TaskOutcome
 from airflow_provider_bfx.catalog.revision import revision_query
 from airflow_provider_bfx.catalog.txn import Catalog
 
@@ -43,6 +44,8 @@ def build_statements(cat: Catalog) -> None:
     facts.task_end_facts(cat)
     tasks.start_row_insert(cat)
     tasks.end_update(cat)
+    for outcome in TaskOutcome:  # a success's and a skip's guarded end (decision 0120)
+        tasks.end_guarded(cat, outcome)
     tasks.insert_error(cat)
     adoption.batches(cat, EVIDENCE_LIMIT + 1)
     checkpoints.overwrite(cat)

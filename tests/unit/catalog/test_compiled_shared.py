@@ -65,7 +65,8 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
     that stops writing a column with a default, or a new column with a default that it does not
     write, fails here; a column without one is written NULL when left out, decision 0119).
     The task is its run's first, so its start also starts the batch (decision 0119), and its
-    gate reads its upstreams' rows."""
+    gate reads its upstreams' rows. Its end is a success's guarded UPDATE; a sibling's failed
+    try is read, decided and written (decision 0120)."""
     earlier = BatchSpec("dag_w", "run_0")  # the DAG and its tasks are known from a run before
     for task in ("t0", "t1"):
         done = store.start_task(TaskSpec(earlier, task, lease_owner="host:1"))
@@ -97,6 +98,10 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
         )
     ended = store.end_task(started.execution_id, TaskOutcome.SUCCESS)
     assert ended.changed and ended.status is ExecutionStatus.SUCCEEDED
+    # A failed try is read, decided and written (no guarded end for a failure, 0120).
+    other = store.start_task(TaskSpec(batch, "t0", lease_owner="host:1"))
+    failed = store.end_task(other.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+    assert failed.changed and failed.status is ExecutionStatus.FAILED
     assert built == []
     (checkpoint,) = store.read_checkpoints(
         started.scope_key, CheckpointType.NODE_OUTPUT, RETURN_VALUE_NODE
@@ -105,7 +110,13 @@ def test_a_task_start_and_end_after_warm_compile_nothing(
     # ... and the statements it used are the warmed ones, bound to this engine's dialect.
     assert facts.task_facts(store).sql is facts.task_facts(store).sql
     assert len(fresh_process_cache) >= warmed
-    for name in ("task_facts_compiled", "task_end_facts_compiled", "task_end_update"):
+    for name in (
+        "task_facts_compiled",
+        "task_end_guarded_success",
+        "task_end_facts_compiled",
+        "task_end_update",
+        "insert_error",
+    ):
         ours = store.own(name, lambda: None)
         assert ours is not None, name
         assert ours.dialect is store.engine.dialect

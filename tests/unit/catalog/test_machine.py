@@ -8,6 +8,8 @@ row added to a table without a test is caught. Emitted tokens are compared with 
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +48,7 @@ from airflow_provider_bfx.catalog.machine import (
     expire,
     reconcile_previous,
     task_end,
+    task_end_guard,
     task_start,
 )
 
@@ -1454,6 +1457,52 @@ def test_task_end_of_an_active_row_is_terminal(status: St, outcome: TaskOutcome)
     end = task_end(efacts(outcome, current_status=status))
     assert end is not None
     assert end.status.is_terminal
+
+
+def test_task_end_facts_are_the_four_a_guard_ranges_over() -> None:
+    """:func:`task_end_guard` evaluates the table over every row status, batch status and copy
+    flag for one outcome: a new fact of a task end must be ranged over too (decision 0120)."""
+    assert [f.name for f in dataclasses.fields(TaskEndFacts)] == [
+        "outcome",
+        "current_status",
+        "batch_status",
+        "has_copy_checkpoint",
+    ]
+
+
+@pytest.mark.parametrize("outcome", list(TaskOutcome), ids=str)
+def test_a_guard_is_the_tables_own_answer_over_its_statuses(outcome: TaskOutcome) -> None:
+    """Exhaustively: inside the guard every combination of facts decides the guard's end;
+    every status left out would decide something else for some combination (the guard is the
+    largest such set around a running row of a running batch); no guard where the expected
+    end writes more than the row (an error row, the batch's failure)."""
+    guard = task_end_guard(outcome)
+    expected = task_end(efacts(outcome, current_status=St.EXECUTING, batch_status=St.EXECUTING))
+    if guard is None:
+        assert outcome in (TaskOutcome.FAILED_TRY, TaskOutcome.FINAL_FAILURE)
+        assert expected is not None and expected.record_error
+        return
+    assert guard.end == expected
+    assert not guard.end.record_error and not guard.end.fail_batch
+    for current, batch, landed in itertools.product(guard.current, guard.batch, (False, True)):
+        facts = efacts(
+            outcome, current_status=current, batch_status=batch, has_copy_checkpoint=landed
+        )
+        assert task_end(facts) == guard.end, facts
+    for batch in set(St) - guard.batch:
+        assert task_end(efacts(outcome, batch_status=batch)) != guard.end
+    for current in set(St) - guard.current:
+        assert task_end(efacts(outcome, current_status=current)) != guard.end
+
+
+def test_a_successs_guard_leaves_out_a_failed_batch_and_an_ended_row() -> None:
+    """What the guard means for a success, spelled out: a row still active, in a batch not
+    failed (a failed batch makes its NextLoadStatus C)."""
+    guard = task_end_guard(TaskOutcome.SUCCESS)
+    assert guard is not None
+    assert guard.end == TaskEnd(St.SUCCEEDED, Nls.PENDING)
+    assert guard.current == frozenset(ACTIVE)
+    assert guard.batch == frozenset(St) - {St.FAILED}
 
 
 def test_batch_end_success_resets_the_lineage() -> None:

@@ -588,13 +588,21 @@ def test_execution_inserts_leave_identity_to_the_server(mssql_run: Run_) -> None
 
 
 def test_transitions_lock_the_batch_row_first(mssql_run: Run_) -> None:
-    """Every transition's first statement is a SELECT that takes UPDLOCK, ROWLOCK on the batch
-    row (DESIGN.md §4: "with row locks on the batch row")."""
-    checked = 0
+    """Every transition's first statement takes UPDLOCK, ROWLOCK on the batch row (DESIGN.md
+    §4: "with row locks on the batch row"): a SELECT, or a task end's guarded UPDATE, which
+    locks it in its EXISTS before it writes (decision 0120)."""
+    checked = guarded = 0
     for step, stmts in mssql_run.recorder.calls:
         if step not in ("start_task", "end_task", "end_batch"):
             continue
         first = stmts[0]
+        if step == "end_task" and isinstance(first.stmt, Update):
+            assert first.sql.startswith("UPDATE bfx.[Execution] SET "), first
+            flat = " ".join(first.sql.split())
+            assert f"EXISTS (SELECT b.[ExecutionID] FROM bfx.[Execution] AS b {LOCK_HINT} " in flat
+            guarded += 1
+            checked += 1
+            continue
         assert isinstance(first.stmt, Select), first
         wanted = {
             "start_task": f"FROM bfx.[Execution] AS b {LOCK_HINT} JOIN ",
@@ -604,6 +612,7 @@ def test_transitions_lock_the_batch_row_first(mssql_run: Run_) -> None:
         assert wanted in first.sql, first
         checked += 1
     assert checked >= 30
+    assert guarded >= 5
 
 
 def test_batch_start_locks_the_dag_package_row(mssql_run: Run_) -> None:

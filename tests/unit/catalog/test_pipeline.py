@@ -14,6 +14,7 @@ from sqlalchemy import Engine, insert, make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
+from airflow_provider_bfx.catalog.codes import ExecutionStatus, NextLoadStatus
 from airflow_provider_bfx.catalog.engine import create_catalog_engine
 from airflow_provider_bfx.catalog.facts import task_facts
 from airflow_provider_bfx.catalog.machine import TaskOutcome
@@ -100,7 +101,11 @@ def test_task_start_and_task_end_are_two_round_trips_each(
 ) -> None:
     store, proxy = wired
     first = BatchSpec("pipe_dag", "run-0")  # registers the packages (a first sight's extra reads)
-    store.end_task(store.start_task(TaskSpec(first, "load")).execution_id, TaskOutcome.SUCCESS)
+    # A failed try, then a successful one: the failure's end prepares the end facts.
+    failed = store.start_task(TaskSpec(first, "load"))
+    store.end_task(failed.execution_id, TaskOutcome.FAILED_TRY, error_message="first")
+    retried = store.start_task(TaskSpec(first, "load", try_number=2))
+    store.end_task(retried.execution_id, TaskOutcome.SUCCESS)
     store.end_batch("pipe_dag", "run-0", succeeded=True)
     batch = BatchSpec("pipe_dag", "run-1")
     store.start_batch(batch)
@@ -129,6 +134,50 @@ def test_task_start_and_task_end_are_two_round_trips_each(
     ) == (
         "F",
         "R",
+    )
+
+
+def test_a_successful_task_end_is_one_round_trip(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A success's end is one guarded UPDATE sent outside any transaction: no BEGIN, no
+    COMMIT, the server commits it (decision 0120). When a sibling's final failure has failed
+    the batch in between, the guard matches nothing and the end is read, decided and written
+    as before (two round trips): the row gets NextLoadStatus C, not P."""
+    store, proxy = wired
+    batch = BatchSpec("pipe_dag", "run-1")
+    ok, late, failing = (store.start_task(TaskSpec(batch, t)) for t in ("a", "b", "c"))
+
+    proxy.queries.clear()
+    ended = store.end_task(ok.execution_id, TaskOutcome.SUCCESS)
+    (sent,) = proxy.queries
+    assert sent.startswith("UPDATE bfx.execution SET executionstatus='S', nextloadstatus='P'")
+    assert "BEGIN" not in sent and "COMMIT" not in sent
+    assert "FOR NO KEY UPDATE OF b" in sent
+    assert (ended.status, ended.next_load_status, ended.changed) == (
+        ExecutionStatus.SUCCEEDED,
+        NextLoadStatus.PENDING,
+        True,
+    )
+
+    store.end_task(failing.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    proxy.queries.clear()
+    ended = store.end_task(late.execution_id, TaskOutcome.SUCCESS)
+    guarded, *full = proxy.queries
+    assert guarded.startswith("UPDATE bfx.execution SET ")  # matched nothing
+    assert len(full) == 2 and full[0].startswith("BEGIN;") and full[1].endswith("COMMIT"), full
+    assert (ended.status, ended.next_load_status) == (
+        ExecutionStatus.SUCCEEDED,
+        NextLoadStatus.SKIP,
+    )
+    rows = {r.ExecutionID: r for r in store.executions("pipe_dag", "run-1")}
+    assert (rows[ok.execution_id].ExecutionStatus, rows[ok.execution_id].NextLoadStatus) == (
+        "S",
+        "C",  # stamped by the final failure
+    )
+    assert (rows[late.execution_id].ExecutionStatus, rows[late.execution_id].NextLoadStatus) == (
+        "S",
+        "C",
     )
 
 
