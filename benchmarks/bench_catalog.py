@@ -421,6 +421,10 @@ class WireCounter:
                     kind, body, buf = buf[:1], buf[5 : 1 + n], buf[1 + n :]
                     if kind == b"Q":
                         sql = body.rstrip(b"\0").decode("utf-8", "replace").strip()
+                        # The generic plan's SET LOCAL in front of a prepared statement sent
+                        # outside a transaction (decision 0120) names nothing: the EXECUTE does.
+                        if sql.upper().startswith("SET LOCAL PLAN_CACHE_MODE"):
+                            sql = sql.split(";", 1)[-1].strip()
                         first = sql.split(None, 1)[0].upper() if sql else "?"
                         name = "SELECT 1" if sql.upper() == "SELECT 1" else first
                         with self.lock:

@@ -54,6 +54,7 @@ _FOLD = "bfx_fold"  # engine-level marker in Connection.info (per DBAPI connecti
 _BEGIN = "bfx_begin_pending"
 _QUEUE = "bfx_queued"
 _PREPARE = "bfx_prepare"  # execution option: the label of a statement prepared per session
+_ONE = "bfx_one_statement"  # execution option: no BEGIN, the server commits the statement
 _ARG = "p_"  # bound parameters named so are the prepared statement's arguments
 _GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan;\n"
 _PREPARE_SINCE = 120000  # plan_cache_mode exists from PostgreSQL 12
@@ -82,8 +83,10 @@ def install(engine: Engine) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-            # Asked for by the caller (VACUUM, CREATE DATABASE): no transaction at all.
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT" or options.get(_ONE):
+            # Asked for by the caller (VACUUM, CREATE DATABASE, :func:`autocommit`): no
+            # transaction at all.
             conn.info[_BEGIN] = False
             conn.info.pop(_QUEUE, None)
             return
@@ -151,6 +154,18 @@ def install(engine: Engine) -> Engine:
             dbapi.autocommit = True  # a raw connection (DbApiHook.get_conn) turned it off
 
     return engine
+
+
+def autocommit(conn: Connection) -> None:
+    """Run what ``conn`` sends outside any transaction: the server commits each statement on
+    its own (a transition of one statement, decision 0120). On a folding engine the DBAPI
+    connection autocommits already, so only the ``BEGIN`` is left out, without SQLAlchemy's
+    isolation-level round trip through the dialect and back at check-in; any other engine
+    gets SQLAlchemy's ``AUTOCOMMIT`` isolation level."""
+    if conn.info.get(_FOLD):
+        conn.execution_options(**{_ONE: True})
+    else:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def forget_failed(dbapi: Any, exc: BaseException) -> None:

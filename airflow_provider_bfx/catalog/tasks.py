@@ -41,6 +41,7 @@ from airflow_provider_bfx.catalog.facts import task_end_facts, task_facts, task_
 from airflow_provider_bfx.catalog.liveness import lease_live, owner_known_dead
 from airflow_provider_bfx.catalog.machine import Run, TaskOutcome
 from airflow_provider_bfx.catalog.packages import package_facts, register_package_txn
+from airflow_provider_bfx.catalog.pipeline import prepared
 from airflow_provider_bfx.catalog.results import (
     TaskEnded,
     TaskSpec,
@@ -508,12 +509,17 @@ def end_guarded(cat: Catalog, outcome: TaskOutcome) -> CompiledStatement | None:
             ),
             b,
         )
-        return _ended(
-            update(E).where(
-                E.c.ExecutionID == bindparam("p_execution_id"),
-                one_of(E.c.ExecutionStatus, sorted(s.value for s in guard.current)),
-                batch.exists(),
-            )
+        # Prepared once per session on PostgreSQL (decision 0105): parsing and planning this
+        # text took a fifth of the statement's 0.55 ms on the server.
+        return prepared(
+            _ended(
+                update(E).where(
+                    E.c.ExecutionID == bindparam("p_execution_id"),
+                    one_of(E.c.ExecutionStatus, sorted(s.value for s in guard.current)),
+                    batch.exists(),
+                )
+            ),
+            f"end_{outcome.value}",
         )
 
     return compiled(cat, f"task_end_guarded_{outcome.value}", build)

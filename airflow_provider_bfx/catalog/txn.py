@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from airflow_provider_bfx.catalog import pipeline
 from airflow_provider_bfx.catalog.dialects import CatalogDialect, dialect_for
 from airflow_provider_bfx.catalog.errors import CatalogUnavailableError, Verdict, misconfigured
 from airflow_provider_bfx.catalog.schema import CatalogSchema, build_schema
@@ -101,7 +102,7 @@ class Catalog:
         def once() -> T:
             if autocommit:
                 with self.engine.connect() as conn:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    pipeline.autocommit(conn)
                     return work(conn)
             with self.engine.begin() as conn:
                 return work(conn)

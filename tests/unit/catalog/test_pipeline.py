@@ -141,19 +141,29 @@ def test_a_successful_task_end_is_one_round_trip(
     wired: tuple[CatalogStore, QueryRecorder],
 ) -> None:
     """A success's end is one guarded UPDATE sent outside any transaction: no BEGIN, no
-    COMMIT, the server commits it (decision 0120). When a sibling's final failure has failed
-    the batch in between, the guard matches nothing and the end is read, decided and written
-    as before (two round trips): the row gets NextLoadStatus C, not P."""
+    COMMIT, the server commits it; prepared once per session (decision 0120). When a
+    sibling's final failure has failed the batch in between, the guard matches nothing and
+    the end is read, decided and written as before (two round trips): the row gets
+    NextLoadStatus C, not P."""
     store, proxy = wired
     batch = BatchSpec("pipe_dag", "run-1")
-    ok, late, failing = (store.start_task(TaskSpec(batch, t)) for t in ("a", "b", "c"))
+    first, ok, late, failing = (
+        store.start_task(TaskSpec(batch, t)) for t in ("first", "a", "b", "c")
+    )
+
+    proxy.queries.clear()
+    store.end_task(first.execution_id, TaskOutcome.SUCCESS)
+    (sent,) = proxy.queries  # prepared in this session (decision 0105) as it is first sent
+    assert sent.startswith("PREPARE bfx_end_success_")
+    assert " AS UPDATE bfx.execution SET executionstatus=$" in sent
+    assert "FOR NO KEY UPDATE OF b" in sent and "\nEXECUTE bfx_end_success_" in sent
+    assert "BEGIN" not in sent and "COMMIT" not in sent
 
     proxy.queries.clear()
     ended = store.end_task(ok.execution_id, TaskOutcome.SUCCESS)
     (sent,) = proxy.queries
-    assert sent.startswith("UPDATE bfx.execution SET executionstatus='S', nextloadstatus='P'")
+    assert "\nEXECUTE bfx_end_success_" in sent and "PREPARE" not in sent, sent
     assert "BEGIN" not in sent and "COMMIT" not in sent
-    assert "FOR NO KEY UPDATE OF b" in sent
     assert (ended.status, ended.next_load_status, ended.changed) == (
         ExecutionStatus.SUCCEEDED,
         NextLoadStatus.PENDING,
@@ -164,7 +174,7 @@ def test_a_successful_task_end_is_one_round_trip(
     proxy.queries.clear()
     ended = store.end_task(late.execution_id, TaskOutcome.SUCCESS)
     guarded, *full = proxy.queries
-    assert guarded.startswith("UPDATE bfx.execution SET ")  # matched nothing
+    assert "\nEXECUTE bfx_end_success_" in guarded  # matched nothing
     assert len(full) == 2 and full[0].startswith("BEGIN;") and full[1].endswith("COMMIT"), full
     assert (ended.status, ended.next_load_status) == (
         ExecutionStatus.SUCCEEDED,
