@@ -103,7 +103,10 @@ class Catalog:
             if autocommit:
                 with self.engine.connect() as conn:
                     pipeline.autocommit(conn)
-                    return work(conn)
+                    # Committed as any transaction, in case the engine did not autocommit
+                    # after all: then a write is never dropped at check-in.
+                    with conn.begin():
+                        return work(conn)
             with self.engine.begin() as conn:
                 return work(conn)
 

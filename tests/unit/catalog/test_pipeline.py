@@ -399,3 +399,53 @@ def test_a_new_dags_first_task_is_four_round_trips(
     rows = {r.ExecutionID: r for r in store.executions("new_dag", "run-0")}
     assert rows[started.execution_id].PackageID == started.package_id
     assert rows[started.batch_execution_id].ExecutionStatus == "E"
+
+
+def test_a_guarded_end_on_psycopg3_commits_on_its_own(pg_url: str) -> None:
+    """psycopg 3 does not fold (decision 0101): the guarded end runs under SQLAlchemy's
+    AUTOCOMMIT isolation level instead (decision 0120). The end is durable (another engine
+    reads it at once), the connection returns to the pool in its default isolation level, a
+    failed batch still makes the guard fall through to the full path, and a transaction on the
+    same pooled connection afterwards is a real transaction (its rollback undoes its write)."""
+    url = make_url(pg_url).set(drivername="postgresql+psycopg")
+    deploy = create_catalog_engine(url)
+    upgrade(deploy)
+    deploy.dispose()
+    engine = create_catalog_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+    reader = create_catalog_engine(pg_url)
+    try:
+        store = CatalogStore(engine)
+        batch = BatchSpec("pg3_dag", "run-1")
+        ok, late, failing = (store.start_task(TaskSpec(batch, t)) for t in ("a", "b", "c"))
+        ended = store.end_task(ok.execution_id, TaskOutcome.SUCCESS)
+        assert (ended.status, ended.next_load_status) == (
+            ExecutionStatus.SUCCEEDED,
+            NextLoadStatus.PENDING,
+        )
+        E = store.s.Execution
+        with reader.connect() as conn:
+            status = conn.execute(
+                select(E.c.ExecutionStatus).where(E.c.ExecutionID == ok.execution_id)
+            ).scalar_one()
+        assert status == "S"
+        with engine.connect() as conn:
+            assert conn.get_isolation_level() != "AUTOCOMMIT"
+        store.end_task(failing.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+        ended = store.end_task(late.execution_id, TaskOutcome.SUCCESS)
+        assert (ended.status, ended.next_load_status) == (
+            ExecutionStatus.SUCCEEDED,
+            NextLoadStatus.SKIP,
+        )
+        # A rolled back transaction on that pooled connection leaves nothing behind: it is
+        # a transaction, not autocommit.
+        with pytest.raises(RuntimeError), engine.begin() as conn:
+            conn.execute(update(E).where(E.c.ExecutionID == ok.execution_id).values(AuditID=-1))
+            raise RuntimeError("rolled back")
+        with reader.connect() as conn:
+            audit = conn.execute(
+                select(E.c.AuditID).where(E.c.ExecutionID == ok.execution_id)
+            ).scalar_one()
+        assert audit == ok.audit_id
+    finally:
+        engine.dispose()
+        reader.dispose()
