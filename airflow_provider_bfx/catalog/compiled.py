@@ -125,7 +125,9 @@ class CompiledStatement:
         )
         order = compiled.positiontup  # type: ignore[attr-defined]
         self._order: tuple[str, ...] | None = tuple(order) if compiled.positional else None
-        columns = list(getattr(statement, "selected_columns", ()))
+        # A SELECT's columns, or an INSERT's RETURNING columns.
+        found: Any = getattr(statement, "selected_columns", None)
+        columns = list(found or getattr(statement, "exported_columns", ()))
         self.columns: tuple[str, ...] = tuple(c.name for c in columns)
         self._row: Any = namedtuple(label, self.columns) if columns else None  # type: ignore[misc]
         procs = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]

@@ -6,7 +6,7 @@ each engine's subclass overrides what its engine does differently and names the 
 the catalog asks the dialect object instead of branching on the engine's name:
 
 * ``lock``: how a transition's first read locks the row it serialises on;
-* ``next_id_column``: how a new ``ExecutionID`` is known before its INSERT;
+* ``next_id``: how a new ``ExecutionID`` is known before its INSERT;
 * ``diagnose``: what a failed call means (unavailable, transient, misconfigured, other), read
   from the driver's error code by :mod:`.errors` (decision 0090).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, Select, func, literal, select
+from sqlalchemy import Engine, Select, cast, func, literal, select
 
 from airflow_provider_bfx.catalog.errors import Diagnosis, diagnose
 from airflow_provider_bfx.catalog.schema import CatalogSchema
@@ -49,17 +49,29 @@ class CatalogDialect:
         transaction. Default: the transaction already holds the lock."""
         return query
 
+    def next_id(self) -> Any | None:
+        """The next ExecutionID as a scalar expression, so that a row's OriginalExecutionID and
+        AuditID can be set to it by the INSERT itself (one statement instead of INSERT +
+        UPDATE). Default: not known before the INSERT (None): an identity value, then an
+        UPDATE."""
+        return None
+
     def next_id_column(self) -> Any:
-        """The next ExecutionID as a column of the facts query, so that the INSERT can also set
-        OriginalExecutionID and AuditID to it (one statement instead of INSERT + UPDATE).
-        Default: not known before the INSERT (NULL): an identity value, then an UPDATE."""
-        return literal(None).label("next_id")
+        """:meth:`next_id` as a column of the facts query (NULL when it is not known)."""
+        found = self.next_id()
+        return (literal(None) if found is None else found).label("next_id")
 
     def next_package_id(self) -> Any | None:
         """The next PackageID as a scalar expression, so that a package seen for the first
         time is registered by a write that reads nothing back (decision 0108). Default: not
         known before the INSERT (None): the package is inserted and read back."""
         return None
+
+    def typed(self, value: Any, type_: Any) -> Any:
+        """``value`` (a bound parameter) as a column of a SELECT that feeds an INSERT: where the
+        server would not infer its type from the column it lands in, a CAST. Default: as it is
+        (SQLite stores what it is given; a CAST to ``DATETIME`` there would make a number)."""
+        return value
 
     def diagnose(self, exc: BaseException, engine: Engine | None = None) -> Diagnosis:
         """What a failed catalog call means, by the driver's error code (:mod:`.errors`)."""
@@ -81,10 +93,15 @@ class PostgresDialect(CatalogDialect):
         # run's first tasks started together (decision 0105).
         return query.with_for_update(of=table, key_share=True)
 
-    def next_id_column(self) -> Any:
+    def next_id(self) -> Any | None:
         E = self.s.Execution
         seq = func.pg_get_serial_sequence(f"{self.s.schema}.{E.name}", E.c.ExecutionID.name)
-        return func.nextval(seq).label("next_id")
+        return func.nextval(seq)
+
+    def typed(self, value: Any, type_: Any) -> Any:
+        # A parameter in a SELECT list is text to PostgreSQL (a prepared statement's $n
+        # included): it would not go into a timestamp or integer column.
+        return cast(value, type_)
 
     def next_package_id(self) -> Any | None:
         P = self.s.Package
@@ -108,13 +125,9 @@ class SqliteDialect(CatalogDialect):
 
     __dialect__ = "sqlite"
 
-    def next_id_column(self) -> Any:
+    def next_id(self) -> Any | None:
         E = self.s.Execution
-        return (
-            select(func.coalesce(func.max(E.c.ExecutionID), 0) + 1)
-            .scalar_subquery()
-            .label("next_id")
-        )
+        return select(func.coalesce(func.max(E.c.ExecutionID), 0) + 1).scalar_subquery()
 
     def next_package_id(self) -> Any | None:
         P = self.s.Package

@@ -671,6 +671,95 @@ def task_start(facts: TaskStartFacts, now: datetime) -> TaskStartDecision:
     )
 
 
+def batch_skips_all(batch_status: St) -> bool:
+    """The fact ``TaskStartFacts.batch_skips_all`` from the batch row's status: a batch that is
+    itself ``C`` (its DAG's package disabled) skips every task."""
+    return batch_status is St.SKIPPED
+
+
+@dataclass(frozen=True)
+class StartGuard:
+    """Where a task start's decision does not depend on what the store would read (decision
+    0121). For a task with no execution of its own in the lineage (no prior, no landed copy, no
+    first row) and none active anywhere, its package registered and enabled, in a batch that is
+    not closed and whose status is in ``batch``: whatever the operator's fingerprint, the
+    mismatch policy, whether the task decides the run's shape and whether the DAG's package is
+    enabled, :func:`task_start` decides ``decision`` and aborts nothing. The store may then
+    insert that row in one guarded statement (those facts still hold, checked under the batch
+    row lock) instead of reading the facts first; when the guard does not hold nothing is
+    written and the start reads, decides and writes as always. A guard never decides anything:
+    it is this table's own answer, worked out by evaluating it."""
+
+    decision: TaskStartDecision
+    batch: frozenset[St]
+
+
+#: The facts a task start is expected to meet: the first try of a task in a running batch.
+_EXPECTED_START_BATCH = St.EXECUTING
+_GUARD_NOW = datetime(2000, 1, 1)  # no fact of a guard's box depends on the time
+
+
+def task_start_guard() -> StartGuard | None:
+    """The batch statuses, around a running batch, over which :func:`task_start` decides one
+    plain row for a task that has nothing in its lineage (:class:`StartGuard`); None if the
+    table ever stops deciding that start without reading (it reuses state, emits a token,
+    aborts or refuses). Evaluated from ``TASK_START_RULES`` and :func:`batch_reopen`, never
+    written by hand, so that the table stays the one home of the decision."""
+    return _START_GUARD
+
+
+def _fresh_starts(batch: St) -> set[TaskStartDecision | None]:
+    """Every decision of a first start in a not-closed batch with status ``batch``, over the
+    facts a guard does not read (None: the batch row would be reopened first)."""
+    found: set[TaskStartDecision | None] = set()
+    for dag_enabled in (False, True):
+        if batch_reopen(batch, dag_enabled, closed=False) is not None:
+            found.add(None)
+    for policy in VersionMismatchPolicy:
+        for decides_shape in (False, True):
+            for fingerprint in (None, "0" * 64):
+                found.add(
+                    task_start(
+                        TaskStartFacts(
+                            batch_skips_all=batch_skips_all(batch),
+                            package_enabled=True,
+                            active=(),
+                            prior=None,
+                            operator_fingerprint=fingerprint,
+                            policy=policy,
+                            decides_shape=decides_shape,
+                            landed=None,
+                        ),
+                        _GUARD_NOW,
+                    )
+                )
+    return found
+
+
+def _start_guard() -> StartGuard | None:
+    expected = _fresh_starts(_EXPECTED_START_BATCH)
+    if len(expected) != 1:
+        return None
+    (decision,) = expected
+    if decision is None:
+        return None
+    start = decision.start
+    if (
+        decision.aborts
+        or start.run is not Run.RUN
+        or start.audit_from_prior
+        or start.discard_checkpoints
+        or start.emits
+        or decision.reused_audit_id is not None
+    ):
+        return None
+    batch = frozenset(s for s in St if _fresh_starts(s) == {decision})
+    return StartGuard(decision, batch)
+
+
+_START_GUARD = _start_guard()
+
+
 # ---------------------------------------------------------------------------------------------
 # Task end and batch end
 # ---------------------------------------------------------------------------------------------

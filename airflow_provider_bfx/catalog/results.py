@@ -57,6 +57,10 @@ class TaskSpec:
     decides_shape: bool = False
     lease_owner: str | None = None
     lease_seconds: float = 60.0
+    #: The task has no upstream task, so it may be the first of its run to start and create
+    #: the batch: its start reads its facts at once instead of first trying the guarded first
+    #: start, which a run without a batch row never matches (decision 0121).
+    may_start_batch: bool = False
 
     @property
     def external_id(self) -> str:

@@ -31,6 +31,7 @@ from airflow_provider_bfx.catalog import (
     adoption,
     batches,
     checkpoints,
+    guarded_start,
     keys,
     leases,
     skip_ahead,
@@ -99,9 +100,19 @@ class CatalogStore(Catalog):
         keys.check_airflow_ids(
             self.dialect, dag_id=spec.batch.dag_id, run_id=spec.batch.run_id, task_id=spec.task_id
         )
-        started = self.transaction(
-            lambda conn: tasks.start_task_txn(self, conn, spec), "task start"
-        )
+        # A task's first start in its lineage is first one guarded INSERT (decision 0121);
+        # when its guard does not hold it wrote nothing, and the start reads and decides.
+        started: TaskStarted | None = None
+        if guarded_start.worth_trying(spec) and guarded_start.start_guarded(self) is not None:
+            started = self.transaction(
+                lambda conn: guarded_start.start_task_guarded_txn(self, conn, spec),
+                "task start",
+                one_statement=True,
+            )
+        if started is None:
+            started = self.transaction(
+                lambda conn: tasks.start_task_txn(self, conn, spec), "task start"
+            )
         log_lines(started.log_lines)
         return started
 

@@ -210,7 +210,7 @@ def _gather_txn(
         lineage_first=None if f.first_id is None else int(f.first_id),
         next_id=None if f.next_id is None else int(f.next_id),
         facts=machine.TaskStartFacts(
-            batch_skips_all=batch_status is ExecutionStatus.SKIPPED,
+            batch_skips_all=machine.batch_skips_all(batch_status),
             package_enabled=package_enabled,
             active=active,
             prior=prior,
@@ -236,6 +236,55 @@ def start_row_insert(cat: Catalog) -> CompiledStatement:
     return execution_insert(cat, (c.key for c in cat.s.Execution.c))
 
 
+def start_row(
+    spec: TaskSpec,
+    decision: machine.TaskStartDecision,
+    now: datetime,
+    *,
+    batch_id: Any,
+    lineage_id: Any,
+    package_id: Any,
+    lineage_first: int | None,
+) -> dict[str, Any]:
+    """The Execution row a task start writes for ``decision``: the one home of its values, for
+    the full path (:func:`_write_start_txn`) and the guarded one (:func:`start_task_guarded_txn`,
+    which reads the batch, lineage and package ids in its own statement). ``SELF`` marks a
+    column that takes the new row's own ExecutionID."""
+    start = decision.start
+    prior = decision.prior
+    running = start.run is Run.RUN
+    return dict(
+        ParentExecutionID=batch_id,
+        # OriginalExecutionID: the first execution of this task and item in the lineage,
+        # whatever became of it (refused starts included); none yet means this one.
+        OriginalExecutionID=lineage_first if lineage_first is not None else SELF,
+        LineageID=lineage_id,
+        AuditID=decision.reused_audit_id if start.audit_from_prior else SELF,
+        ExternalExecutionID=spec.external_id,
+        PackageID=package_id,
+        ExecutionStatus=start.status.value,
+        NextLoadStatus=start.next_load_status.value,
+        AttemptNumber=prior.attempt_number + 1 if prior else 1,
+        # A row that ran records its own definition; a skip records the definition that
+        # wrote the state it stands for, so a later attempt still compares against it.
+        OperatorFingerprint=decision.reused_fingerprint
+        if start.run is Run.SKIP and decision.reused_fingerprint
+        else spec.operator_fingerprint,
+        ItemFingerprint=spec.item_fingerprint,
+        LeaseOwner=(spec.lease_owner or default_lease_owner()) if running else None,
+        LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds) if running else None,
+        StartTime=now,
+        EndTime=None if running else now,
+        DagId=spec.batch.dag_id,
+        RunId=spec.batch.run_id,
+        TaskId=spec.task_id,
+        MapIndex=spec.map_index,
+        TryNumber=spec.try_number,
+        LogicalDate=spec.batch.logical_date,
+        UpdatedAt=now,
+    )
+
+
 def _write_start_txn(
     cat: Catalog,
     conn: Connection,
@@ -247,9 +296,7 @@ def _write_start_txn(
 ) -> TaskStarted:
     """Write what the machine decided: the aborts, the discarded checkpoints, the new row."""
     batch_id, lineage_id = gathered.batch_id, gathered.lineage_id
-    ctx = dict(dag=spec.batch.dag_id, task=spec.task_id, batch_execution_id=batch_id)
-    if spec.map_index != keys.UNMAPPED:
-        ctx["map_index"] = spec.map_index  # type: ignore[assignment]
+    ctx = _context(spec, batch_id)
     E = cat.s.Execution
     for abort in decision.aborts:
         conn.execute(
@@ -264,67 +311,79 @@ def _write_start_txn(
         )
         lines.append(token_line(abort.emit, **ctx))
 
-    start = decision.start
-    prior = decision.prior
-    # OriginalExecutionID: the first execution of this task and item in the lineage,
-    # whatever became of it (refused starts included); none yet means this one.
     lineage_first = gathered.lineage_first
     package_id = gathered.package_id
-    scope = keys.scope_key(lineage_id, package_id, spec.item_fingerprint)
-    if start.discard_checkpoints:
+    if decision.start.discard_checkpoints:
         C = cat.s.ExecutionCheckpoint
+        scope = keys.scope_key(lineage_id, package_id, spec.item_fingerprint)
         conn.execute(delete(C).where(C.c.ScopeKey == scope))
-    running = start.run is Run.RUN
     new_id = insert_execution_txn(
         cat,
         conn,
         gathered.next_id,
-        dict(
-            ParentExecutionID=batch_id,
-            OriginalExecutionID=lineage_first if lineage_first is not None else SELF,
-            LineageID=lineage_id,
-            AuditID=decision.reused_audit_id if start.audit_from_prior else SELF,
-            ExternalExecutionID=spec.external_id,
-            PackageID=package_id,
-            ExecutionStatus=start.status.value,
-            NextLoadStatus=start.next_load_status.value,
-            AttemptNumber=prior.attempt_number + 1 if prior else 1,
-            # A row that ran records its own definition; a skip records the definition that
-            # wrote the state it stands for, so a later attempt still compares against it.
-            OperatorFingerprint=decision.reused_fingerprint
-            if start.run is Run.SKIP and decision.reused_fingerprint
-            else spec.operator_fingerprint,
-            ItemFingerprint=spec.item_fingerprint,
-            LeaseOwner=(spec.lease_owner or default_lease_owner()) if running else None,
-            LeaseExpiresAt=now + timedelta(seconds=spec.lease_seconds) if running else None,
-            StartTime=now,
-            EndTime=None if running else now,
-            DagId=spec.batch.dag_id,
-            RunId=spec.batch.run_id,
-            TaskId=spec.task_id,
-            MapIndex=spec.map_index,
-            TryNumber=spec.try_number,
-            LogicalDate=spec.batch.logical_date,
-            UpdatedAt=now,
+        start_row(
+            spec,
+            decision,
+            now,
+            batch_id=batch_id,
+            lineage_id=lineage_id,
+            package_id=package_id,
+            lineage_first=lineage_first,
         ),
     )
+    return started(
+        spec,
+        decision,
+        lines,
+        new_id=new_id,
+        batch_id=batch_id,
+        lineage_id=lineage_id,
+        package_id=package_id,
+        lineage_first=lineage_first,
+    )
+
+
+def _context(spec: TaskSpec, batch_id: int) -> dict[str, object]:
+    """The ``key=value`` context of a task start's token lines."""
+    ctx: dict[str, object] = dict(
+        dag=spec.batch.dag_id, task=spec.task_id, batch_execution_id=batch_id
+    )
+    if spec.map_index != keys.UNMAPPED:
+        ctx["map_index"] = spec.map_index
+    return ctx
+
+
+def started(
+    spec: TaskSpec,
+    decision: machine.TaskStartDecision,
+    lines: list[str],
+    *,
+    new_id: int,
+    batch_id: int,
+    lineage_id: int,
+    package_id: int,
+    lineage_first: int | None,
+) -> TaskStarted:
+    """What a start that wrote row ``new_id`` for ``decision`` returns (its token lines
+    appended to ``lines``): the full path's and the guarded one's."""
+    start = decision.start
+    prior = decision.prior
+    ctx = _context(spec, batch_id)
     for emit in start.emits:
         lines.append(token_line(emit, **ctx, execution_id=new_id))
-    original = lineage_first if lineage_first is not None else new_id
-    audit = decision.reused_audit_id if start.audit_from_prior else new_id
     return TaskStarted(
         execution_id=new_id,
         batch_execution_id=batch_id,
-        original_execution_id=original,
+        original_execution_id=lineage_first if lineage_first is not None else new_id,
         lineage_id=lineage_id,
         package_id=package_id,
         status=start.status,
         next_load_status=start.next_load_status,
-        audit_id=audit,
+        audit_id=decision.reused_audit_id if start.audit_from_prior else new_id,
         attempt_number=prior.attempt_number + 1 if prior else 1,
         run=start.run,
         reason=start.reason,
-        scope_key=scope,
+        scope_key=keys.scope_key(lineage_id, package_id, spec.item_fingerprint),
         prior_execution_id=prior.execution_id if prior else None,
         failure_message=start.failure_message,
         log_lines=tuple(lines),

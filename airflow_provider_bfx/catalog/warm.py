@@ -21,7 +21,15 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine
 
-from airflow_provider_bfx.catalog import adoption, batches, checkpoints, facts, tasks, upstreams
+from airflow_provider_bfx.catalog import (
+    adoption,
+    batches,
+    checkpoints,
+    facts,
+    guarded_start,
+    tasks,
+    upstreams,
+)
 from airflow_provider_bfx.catalog.machine import TaskOutcome
 from airflow_provider_bfx.catalog.revision import revision_query
 from airflow_provider_bfx.catalog.txn import Catalog
@@ -40,6 +48,7 @@ UPSTREAM_SLOTS = (1, 2, 4, 8)
 def build_statements(cat: Catalog) -> None:
     """Build every statement of a task's start and end that ``cat.memo`` keeps, and compile
     those a task sends through :mod:`.compiled` on every start and end."""
+    guarded_start.start_guarded(cat)  # a task's first start in its lineage (decision 0121)
     facts.task_facts(cat)
     facts.task_end_facts(cat)
     tasks.start_row_insert(cat)

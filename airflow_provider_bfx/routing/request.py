@@ -125,4 +125,5 @@ def task_spec(
         decides_shape=facts.decides_shape,
         lease_owner=default_lease_owner(),
         lease_seconds=settings.lease_duration,
+        may_start_batch=not getattr(ti.task, "upstream_task_ids", None),
     )

@@ -43,6 +43,7 @@ from airflow_provider_bfx.catalog.machine import (
     TaskStartFacts,
     batch_end,
     batch_reopen,
+    batch_skips_all,
     batch_start,
     decide,
     expire,
@@ -50,6 +51,7 @@ from airflow_provider_bfx.catalog.machine import (
     task_end,
     task_end_guard,
     task_start,
+    task_start_guard,
 )
 
 NOW = datetime(2026, 3, 14, 2, 0, 0)
@@ -1503,6 +1505,89 @@ def test_a_successs_guard_leaves_out_a_failed_batch_and_an_ended_row() -> None:
     assert guard.end == TaskEnd(St.SUCCEEDED, Nls.PENDING)
     assert guard.current == frozenset(ACTIVE)
     assert guard.batch == frozenset(St) - {St.FAILED}
+
+
+def test_task_start_facts_are_those_a_start_guard_ranges_over() -> None:
+    """:func:`task_start_guard` fixes the facts a guarded start checks in SQL (no prior, no
+    landed copy, nothing active, the package enabled, the batch's status) and ranges over the
+    rest (fingerprint, policy, shape flag): a new fact of a task start must be placed in one
+    of the two (decision 0121)."""
+    assert [f.name for f in dataclasses.fields(TaskStartFacts)] == [
+        "batch_skips_all",
+        "package_enabled",
+        "active",
+        "prior",
+        "operator_fingerprint",
+        "policy",
+        "decides_shape",
+        "landed",
+    ]
+
+
+def _first_start(batch: St, **kw: Any) -> TaskStartFacts:
+    values: dict[str, Any] = dict(
+        batch_skips_all=batch_skips_all(batch),
+        package_enabled=True,
+        active=(),
+        prior=None,
+        operator_fingerprint=NEW_FP,
+        policy=VersionMismatchPolicy.WARN,
+        decides_shape=False,
+        landed=None,
+    )
+    values.update(kw)
+    return TaskStartFacts(**values)
+
+
+def test_a_start_guard_is_the_tables_own_answer_over_its_statuses() -> None:
+    """Exhaustively: for a task with nothing in its lineage, in a not-closed batch of any
+    status in the guard, every fingerprint, policy, shape flag and DAG-package flag decides the
+    guard's start, aborts nothing and reopens nothing; a status left out decides otherwise or
+    reopens the batch (decision 0121). The guard's start is a plain run: ``E``/``C``, its own
+    audit id, no token."""
+    guard = task_start_guard()
+    assert guard is not None
+    start = guard.decision.start
+    assert (start.run, start.status, start.next_load_status) == (
+        Run.RUN,
+        St.EXECUTING,
+        Nls.SKIP,
+    )
+    assert not start.audit_from_prior and not start.emits and not start.discard_checkpoints
+    assert guard.decision.prior is None and guard.decision.aborts == ()
+    assert guard.decision.reused_audit_id is None and guard.decision.reused_fingerprint is None
+    ranges = itertools.product(
+        guard.batch, VersionMismatchPolicy, (False, True), (None, OLD_FP), (False, True)
+    )
+    for batch, policy, shape, fingerprint, dag_enabled in ranges:
+        facts = _first_start(
+            batch, policy=policy, decides_shape=shape, operator_fingerprint=fingerprint
+        )
+        assert task_start(facts, NOW) == guard.decision, facts
+        assert batch_reopen(batch, dag_enabled, closed=False) is None
+    for batch in set(St) - guard.batch:
+        assert task_start(_first_start(batch), NOW) != guard.decision
+
+
+def test_a_start_guard_covers_no_start_with_anything_in_its_lineage() -> None:
+    """What the guard leaves to the full path, spelled out: each fact it checks in SQL, made
+    true, decides another start (so the guarded INSERT must not match it)."""
+    guard = task_start_guard()
+    assert guard is not None
+    assert guard.batch == frozenset(St) - {St.SKIPPED}
+    prior = PriorExecution(7, St.SUCCEEDED, Nls.SKIP, 7, 7, 1, OLD_FP)
+    live = ActiveExecution(9, "h:1", NOW + timedelta(seconds=60), True, False, False, 9, 9, 1, None)
+    other = {
+        "a prior that completed": _first_start(St.EXECUTING, prior=prior),
+        "a prior that failed": _first_start(
+            St.EXECUTING, prior=replace(prior, status=St.FAILED, next_load_status=Nls.RETRY)
+        ),
+        "a live try elsewhere": _first_start(St.EXECUTING, active=(live,)),
+        "a stale try": _first_start(St.EXECUTING, active=(replace(live, lease_live=False),)),
+        "the package disabled": _first_start(St.EXECUTING, package_enabled=False),
+    }
+    for name, facts in other.items():
+        assert task_start(facts, NOW) != guard.decision, name
 
 
 def test_batch_end_success_resets_the_lineage() -> None:

@@ -111,7 +111,8 @@ def test_task_start_and_task_end_are_two_round_trips_each(
     store.start_batch(batch)
 
     proxy.queries.clear()
-    started = store.start_task(TaskSpec(batch, "load"))
+    # A task with no upstream reads its facts at once (decision 0121: it may start the batch).
+    started = store.start_task(TaskSpec(batch, "load", may_start_batch=True))
     start_sent = list(proxy.queries)
     proxy.queries.clear()
     store.end_task(started.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
@@ -191,6 +192,163 @@ def test_a_successful_task_end_is_one_round_trip(
     )
 
 
+def _registered(store: CatalogStore, *tasks: str) -> None:
+    """A first run of pipe_dag that registers ``tasks``' packages and succeeds (a task seen for
+    the first time registers its package in its start: the guarded start never covers it)."""
+    run = BatchSpec("pipe_dag", "run-0")
+    for i, task in enumerate(tasks):
+        started = store.start_task(TaskSpec(run, task, may_start_batch=i == 0))
+        store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("pipe_dag", "run-0", succeeded=True)
+
+
+def test_a_first_task_start_is_one_round_trip(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A task's first start in its lineage is one guarded INSERT sent outside any transaction:
+    no BEGIN, no COMMIT, the server commits it; prepared once per session (decision 0121).
+    Its row is the one the full path writes for the same decision."""
+    store, proxy = wired
+    _registered(store, "extract", "load", "publish")
+    batch = BatchSpec("pipe_dag", "run-1")
+    root = store.start_task(TaskSpec(batch, "extract", may_start_batch=True))  # full path
+
+    proxy.queries.clear()
+    first = store.start_task(TaskSpec(batch, "load", lease_owner="host:1"))
+    (sent,) = proxy.queries  # prepared by run-0's starts, which it did not cover (new packages)
+    assert "\nEXECUTE bfx_start_first_" in sent and "PREPARE" not in sent, sent
+    assert "BEGIN" not in sent and "COMMIT" not in sent
+
+    store.engine.dispose()  # a new session prepares it in front of its first use
+    proxy.queries.clear()
+    second = store.start_task(TaskSpec(batch, "publish", lease_owner="host:1"))
+    (sent,) = proxy.queries
+    assert sent.startswith("PREPARE bfx_start_first_"), sent
+    assert " AS INSERT INTO bfx.execution " in sent and "FOR NO KEY UPDATE OF b" in sent
+    assert "\nEXECUTE bfx_start_first_" in sent
+    assert "BEGIN" not in sent and "COMMIT" not in sent
+
+    for started in (root, first, second):
+        assert (started.status, started.next_load_status) == (
+            ExecutionStatus.EXECUTING,
+            NextLoadStatus.SKIP,
+        )
+        assert started.execution_id == started.original_execution_id == started.audit_id
+        assert started.batch_execution_id == root.batch_execution_id
+        assert started.lineage_id == root.lineage_id and started.attempt_number == 1
+        assert (started.reason, started.log_lines, started.prior_execution_id) == (
+            root.reason,
+            (),
+            None,
+        )
+    rows = {r.ExecutionID: r for r in store.executions("pipe_dag", "run-1")}
+    same = (
+        "ParentExecutionID", "ExecutionStatus", "NextLoadStatus", "AttemptNumber",
+        "ItemFingerprint", "EndTime", "DagId", "RunId", "MapIndex", "TryNumber", "LineageID",
+        "LogicalDate",
+    )  # fmt: skip
+    full, guarded = rows[root.execution_id], rows[first.execution_id]
+    assert {k: getattr(guarded, k) for k in same} == {k: getattr(full, k) for k in same}
+    assert guarded.OriginalExecutionID == guarded.AuditID == guarded.ExecutionID
+    assert guarded.PackageID == first.package_id != full.PackageID
+    assert guarded.ExternalExecutionID == "pipe_dag/run-1/load/-1/1"
+    assert guarded.LeaseOwner == "host:1" and guarded.LeaseExpiresAt > guarded.StartTime
+    assert guarded.StartTime == guarded.UpdatedAt
+
+
+def test_a_start_the_guard_does_not_cover_is_read_and_decided(
+    wired: tuple[CatalogStore, QueryRecorder],
+) -> None:
+    """A resumed run's task with rows in the lineage: the guarded INSERT matches nothing and
+    writes nothing, then the start reads, decides and writes as before (two more round trips):
+    a completed task is skipped, the failed one restarts (decision 0121)."""
+    store, proxy = wired
+    failed_run = BatchSpec("pipe_dag", "run-0")
+    root = store.start_task(TaskSpec(failed_run, "extract", may_start_batch=True))
+    store.end_task(root.execution_id, TaskOutcome.SUCCESS)
+    load = store.start_task(TaskSpec(failed_run, "load"))
+    store.end_task(load.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    store.end_batch("pipe_dag", "run-0", succeeded=False)
+    resumed = BatchSpec("pipe_dag", "run-1")
+    store.start_task(TaskSpec(resumed, "root", may_start_batch=True))
+
+    proxy.queries.clear()
+    skipped = store.start_task(TaskSpec(resumed, "extract"))
+    sent = list(proxy.queries)
+    assert len(sent) == 3, sent
+    assert "EXECUTE bfx_start_first_" in sent[0] and "BEGIN" not in sent[0], sent[0]
+    assert sent[1].startswith("BEGIN;") and "EXECUTE bfx_task_facts_" in sent[1], sent[1]
+    assert "INSERT INTO bfx.execution " in sent[2] and sent[2].rstrip().endswith("COMMIT")
+    restarted = store.start_task(TaskSpec(resumed, "load"))
+
+    assert skipped.status is ExecutionStatus.SKIPPED and skipped.lineage_id == root.lineage_id
+    assert skipped.original_execution_id == root.execution_id
+    assert restarted.status is ExecutionStatus.RETRYING and restarted.attempt_number == 2
+    rows = store.executions("pipe_dag", "run-1")
+    assert sorted(
+        (r.TaskId, r.ExecutionStatus) for r in rows if r.TaskId in ("extract", "load")
+    ) == [
+        ("extract", "C"),
+        ("load", "R"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "case", ["none (control)", "disabled", "running elsewhere", "batch skips all", "closed"]
+)
+def test_the_guarded_start_writes_nothing_where_the_machine_decides_otherwise(
+    wired: tuple[CatalogStore, QueryRecorder], case: str
+) -> None:
+    """Each fact the guard checks, made false: the guarded INSERT writes nothing and the full
+    path decides (decision 0121): a disabled package skips, a live lease elsewhere refuses, a
+    batch that skips all skips, a closed batch is reopened."""
+    store, proxy = wired
+    _registered(store, "extract", "load")
+    batch = BatchSpec("pipe_dag", "run-1")
+    store.start_task(TaskSpec(batch, "extract", may_start_batch=True))
+    if case == "disabled":
+        store.set_package("pipe_dag", "load", enabled=False)
+    E = store.s.Execution
+    with store.engine.begin() as conn:
+        batch_id = conn.execute(
+            select(E.c.ExecutionID).where(E.c.ExternalExecutionID == batch.external_id)
+        ).scalar_one()
+        if case == "batch skips all":
+            conn.execute(update(E).where(E.c.ExecutionID == batch_id).values(ExecutionStatus="C"))
+        if case == "closed":
+            conn.execute(
+                update(E)
+                .where(E.c.ExecutionID == batch_id)
+                .values(ExecutionStatus="F", NextLoadStatus="R", EndTime=E.c.StartTime)
+            )
+    if case == "running elsewhere":
+        other = BatchSpec("pipe_dag", "run-other")
+        store.start_task(TaskSpec(other, "extract", may_start_batch=True))
+        store.start_task(TaskSpec(other, "load", lease_owner="otherhost:1"))
+
+    proxy.queries.clear()
+    started = store.start_task(TaskSpec(batch, "load"))
+    sent = list(proxy.queries)
+    assert "bfx_start_first_" in sent[0], sent
+    if case == "none (control)":
+        assert len(sent) == 1 and started.status is ExecutionStatus.EXECUTING, sent
+        return
+    # Then the full path: the facts, (a closed batch's reopening,) the row with the COMMIT.
+    assert len(sent) == (4 if case == "closed" else 3), sent
+    assert sent[1].startswith("BEGIN;") and "EXECUTE bfx_task_facts_" in sent[1], sent
+    assert "INSERT INTO bfx.execution " in sent[-1] and sent[-1].rstrip().endswith("COMMIT")
+    expected = {
+        "disabled": ExecutionStatus.SKIPPED,
+        "running elsewhere": ExecutionStatus.ABORTED,
+        "batch skips all": ExecutionStatus.SKIPPED,
+        "closed": ExecutionStatus.EXECUTING,  # in the batch reopened as R first
+    }[case]
+    assert started.status is expected, started
+    if case == "closed":
+        rows = {r.ExecutionID: r for r in store.executions("pipe_dag", "run-1")}
+        assert (rows[batch_id].ExecutionStatus, rows[batch_id].EndTime) == ("R", None)
+
+
 def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecorder]) -> None:
     """The first task of a new run (decision 0105): the task facts (no batch yet), the DAG
     package's lock with the one batch-start facts SELECT, the batch INSERT with the task
@@ -203,7 +361,9 @@ def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecor
     # run-0 never ends: the next batch start closes it by inference (F/R).
 
     proxy.queries.clear()
-    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "load"))
+    started = store.start_task(
+        TaskSpec(BatchSpec("pipe_dag", "run-1"), "load", may_start_batch=True)
+    )
     sent = list(proxy.queries)
 
     assert len(sent) == 4, sent
@@ -381,7 +541,9 @@ def test_a_new_dags_first_task_is_four_round_trips(
     round trips as any run's first task (was 13)."""
     store, proxy = wired
     proxy.queries.clear()
-    started = store.start_task(TaskSpec(BatchSpec("new_dag", "run-0"), "load"))
+    started = store.start_task(
+        TaskSpec(BatchSpec("new_dag", "run-0"), "load", may_start_batch=True)
+    )
     sent = list(proxy.queries)
 
     assert len(sent) == 4, sent
