@@ -396,6 +396,29 @@ def test_racing_tries_of_one_package_in_an_open_batch_run_once(
     assert Counter(r.ExecutionStatus for r in rows) == Counter({"E": 1, "A": WORKERS - 1})
 
 
+def test_one_first_try_started_at_once_by_eight_processes_is_one_row(
+    workers: WorkerPool, catalog: Catalog
+) -> None:
+    """The batch row exists and ``load``'s package is registered, so every start below tries
+    the guarded first start (decision 0121) at the same moment, all for the same try. One
+    INSERT wins; the others violate the try's unique key, are re-run, match nothing and read
+    the winner's row ("the same key always means the same row")."""
+    dag_id, run_id = "first_dag", "manual__1"
+    catalog.store.start_task(
+        TaskSpec(BatchSpec(dag_id, run_id), "other", lease_seconds=600, may_start_batch=True)
+    )
+    catalog.store.set_package(dag_id, "load", enabled=True)
+
+    answers = _start_all(workers, catalog, dag_id, [run_id] * WORKERS, "load", [1] * WORKERS)
+
+    rows = [r for r in _task_rows(catalog.rows(dag_id)) if r.TaskId == "load"]
+    assert [(r.ExecutionStatus, r.TryNumber) for r in rows] == [("E", 1)]
+    assert {(a["execution_id"], a["status"], a["run"]) for a in answers} == {
+        (rows[0].ExecutionID, "E", "run")
+    }
+    assert catalog.duplicate_external_ids() == []
+
+
 def test_overlapping_runs_never_run_one_package_twice(
     workers: WorkerPool, catalog: Catalog
 ) -> None:
