@@ -747,8 +747,11 @@ def count_transitions(store: CatalogStore, probe: Probe, wire: WireCounter | Non
         )
         return result
 
-    def spec(batch: BatchSpec, t: int, try_number: int = 1) -> TaskSpec:
-        return TaskSpec(batch, f"task_{t:02d}", try_number=try_number, lease_owner=OWNER)
+    def spec(batch: BatchSpec, t: int, try_number: int = 1, **kw: Any) -> TaskSpec:
+        # task_01 has no upstream: the gate marks it read_first (it may start the batch, and
+        # the guarded first start would miss there; decision 0121).
+        kw.setdefault("read_first", t == 1)
+        return TaskSpec(batch, f"task_{t:02d}", try_number=try_number, lease_owner=OWNER, **kw)
 
     def run_ok(batch: BatchSpec, first: int, last: int) -> None:
         for t in range(first, last + 1):
@@ -820,11 +823,26 @@ def count_transitions(store: CatalogStore, probe: Probe, wire: WireCounter | Non
     store.start_batch(r2)  # resumes the failed lineage
     skipped = measure("task start skip (C)", lambda: store.start_task(spec(r2, 1)))
     expect(skipped, ExecutionStatus.SKIPPED, "skip")
+    # A task with an upstream in a resumed run: its evidence read says it has rows in the
+    # lineage, so the gate marks it read_first too (decision 0121).
+    skipped = measure(
+        "task start skip (C), with upstream",
+        lambda: store.start_task(spec(r2, 2, read_first=True)),
+    )
+    expect(skipped, ExecutionStatus.SKIPPED, "skip with upstream")
+    # What a wrong guess costs: the guarded INSERT matches nothing, then the start reads.
+    missed = measure(
+        "task start skip (C), guarded INSERT missed (information)",
+        lambda: store.start_task(spec(r2, 3, read_first=False)),
+    )
+    expect(missed, ExecutionStatus.SKIPPED, "skip after a missed guarded start")
     order = [
         "batch start, new DAG (packages created)",
         "batch start (first task of a new run)",
         "task start fresh (E)",
         "task start skip (C)",
+        "task start skip (C), with upstream",
+        "task start skip (C), guarded INSERT missed (information)",
         "task start compute-only (D)",
         "task start retry (R)",
         "task end success",
@@ -848,6 +866,8 @@ class Latency:
     label: str
     start_ms: list[float] = field(default_factory=list)
     end_ms: list[float] = field(default_factory=list)
+    #: The starts of task_01 (no upstream: read first, the full path; also in start_ms).
+    read_first_ms: list[float] = field(default_factory=list)
     # per transition kind: one dict component -> ms per call
     parts: dict[str, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
@@ -1011,7 +1031,8 @@ def run_latency(
         batch = BatchSpec(dag, run_id)
         store.start_batch(batch)
         for t in range(1, TASKS + 1):
-            task_spec = TaskSpec(batch, f"task_{t:02d}", lease_owner=OWNER)
+            # task_01 has no upstream: the gate marks it read_first (decision 0121).
+            task_spec = TaskSpec(batch, f"task_{t:02d}", lease_owner=OWNER, read_first=t == 1)
             reset()
             t0 = time.perf_counter()
             started = store.start_task(task_spec)
@@ -1019,6 +1040,8 @@ def run_latency(
             if i >= 0:
                 if probe is None:
                     result.start_ms.append((t1 - t0) * 1000)
+                    if task_spec.read_first:
+                        result.read_first_ms.append((t1 - t0) * 1000)
                 else:
                     record("task start", t0, t1)
             if started.status is not ExecutionStatus.EXECUTING:
@@ -1100,13 +1123,14 @@ def report_counts(rep: Report, counts: dict[str, list[Count]]) -> list[str]:
             wire = len(p.wire) if p.wire is not None else None
             measured = wire if wire is not None else p.derived_round_trips
             ok = measured <= goal_rt
-            if not ok:
+            info = name.endswith("(information)")  # a wrong guess's cost, shown, not judged
+            if not ok and not info:
                 misses.append(f"{name}: {measured} round trips on PostgreSQL (goal <= {goal_rt})")
             row += [
                 str(p.with_commit),
                 str(p.derived_round_trips),
                 "-" if wire is None else str(wire),
-                f"<= {goal_rt} {verdict(ok)}",
+                "(not judged)" if info else f"<= {goal_rt} {verdict(ok)}",
             ]
         else:
             row += ["-", "-", "-", "n/a"]
@@ -1283,6 +1307,22 @@ def report_floor(rep: Report, results: list[Latency]) -> list[str]:
                     f"{ours:.2f} {verdict(abs_ok)}",
                 ]
             )
+        if r.read_first_ms:
+            # task_01's starts (no upstream: read first, the full path), one start in twenty;
+            # shown beside the others, the goal is judged on the p50 of all starts above.
+            ours = percentile(r.read_first_ms, 50)
+            base = percentile(r.floor.ms[FLOOR_OF["task start"]], 50)
+            rows.append(
+                [
+                    f"{r.history:,}",
+                    "task start, read first (task_01)",
+                    f"{ours:.2f}",
+                    f"{base:.2f} ({FLOOR_OF['task start']})",
+                    f"{ours / base:.2f}x",
+                    "(not judged)",
+                    "(not judged)",
+                ]
+            )
     rep.table(
         [
             "history rows",
@@ -1295,6 +1335,11 @@ def report_floor(rep: Report, results: list[Latency]) -> list[str]:
         ],
         rows,
         "llrrrll",
+    )
+    rep(
+        "  task start: every start of a run (task_01's included); a first start in its lineage"
+        " is one guarded INSERT (decision 0121). task_01 has no upstream, so it reads first: its"
+        " own p50 is the line 'read first'"
     )
     return misses
 

@@ -132,11 +132,12 @@ def start_guarded(cat: Catalog) -> CompiledStatement | None:
 def worth_trying(spec: TaskSpec) -> bool:
     """Whether ``spec``'s start may be a first start in its lineage, so that trying the guarded
     INSERT first is likely to save a round trip rather than cost one: its first try (a later
-    try of the run has the earlier one's row in the lineage), of a task with an upstream task
-    (a task without one may be the run's first and find no batch row). A start that tries and
-    misses pays one round trip more than the full path; a resumed run's tasks that still start
-    (the restarted ones, and those that skip themselves) do."""
-    return spec.try_number == 1 and not spec.may_start_batch
+    try of the run has the earlier one's row in the lineage), and the caller does not expect
+    otherwise (``TaskSpec.read_first``: a task that may create its run's batch, or one with
+    rows in earlier runs of the lineage). A start that tries and misses pays one round trip
+    more than the full path (a deferred try resumed in a new process, a task package seen for
+    the first time)."""
+    return spec.try_number == 1 and not spec.read_first
 
 
 def start_task_guarded_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> TaskStarted | None:

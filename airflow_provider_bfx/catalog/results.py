@@ -57,10 +57,12 @@ class TaskSpec:
     decides_shape: bool = False
     lease_owner: str | None = None
     lease_seconds: float = 60.0
-    #: The task has no upstream task, so it may be the first of its run to start and create
-    #: the batch: its start reads its facts at once instead of first trying the guarded first
-    #: start, which a run without a batch row never matches (decision 0121).
-    may_start_batch: bool = False
+    #: The caller expects this start not to be a first start in its lineage, which the
+    #: guarded INSERT covers (decision 0121): a task with no upstream task (it may be the first
+    #: of its run and create the batch), or one whose earlier runs in the lineage hold rows of
+    #: it (a resumed run). The start then reads its facts at once, instead of first trying the
+    #: guarded INSERT and paying a round trip for a miss. Only the cost depends on it.
+    read_first: bool = False
 
     @property
     def external_id(self) -> str:

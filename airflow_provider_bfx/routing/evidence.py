@@ -81,8 +81,12 @@ def adopt_airflow_outcomes(
     run_id: str,
     task_id: str,
     item_fingerprint: str | None = None,
-) -> None:
+) -> bool:
     """Adopt Airflow's outcome of the earlier runs this start may depend on (see module doc).
+    Returns whether the start depends on earlier runs at all: this run's batch does not exist
+    yet (this start creates it), or the task has rows in earlier runs of the lineage (a
+    resumed run). Then the start is not a first start in its lineage, and need not try the
+    guarded one (``TaskSpec.read_first``, decision 0121).
 
     Once this run's batch exists, the runs are listed ``batch_started`` and only ``task_id``'s
     instances in them are asked for, in one call for all of them: its own rows are all this
@@ -103,7 +107,8 @@ def adopt_airflow_outcomes(
         dag_id, run_id, task_id=task_id, item_fingerprint=item_fingerprint
     )
     if not runs:
-        return
+        return False
+    depends = any(not r.batch_started or r.task_rows for r in runs)
     found = _own_task_evidence(ti, dag_id, task_id, [r for r in runs if r.batch_started])
     for run in runs:
         if run.batch_started:
@@ -126,6 +131,7 @@ def adopt_airflow_outcomes(
         found.append(RunEvidence(run.run_id, dag_run_state, states))
     if found:
         store.adopt_airflow_states(dag_id, found)
+    return depends
 
 
 def _own_task_evidence(

@@ -33,6 +33,7 @@ No SQL here: every read and write goes through :class:`CatalogStore`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -101,7 +102,8 @@ def gate(context: Any) -> None:
         facts = task_facts(parse_task)
         spec = task_spec(context, parse_task, facts, settings, run_conf)
         item = spec.item_fingerprint if spec.map_index >= 0 else None
-        adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id, key.task_id, item)
+        if adopt_airflow_outcomes(ti, store, key.dag_id, key.run_id, key.task_id, item):
+            spec = replace(spec, read_first=True)  # not a first start (decision 0121)
         if all_success_restored(key.dag_id, key.task_id):
             require_upstreams(ti, store, key)
         started = store.start_task(spec)

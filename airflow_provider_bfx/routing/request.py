@@ -125,5 +125,16 @@ def task_spec(
         decides_shape=facts.decides_shape,
         lease_owner=default_lease_owner(),
         lease_seconds=settings.lease_duration,
-        may_start_batch=not getattr(ti.task, "upstream_task_ids", None),
+        read_first=not getattr(ti.task, "upstream_task_ids", None) or started_before(context),
     )
+
+
+def started_before(context: Mapping[str, Any]) -> bool:
+    """This try was started in an earlier process: a sensor's later poke in reschedule mode,
+    or a deferred try resumed after its trigger fired. Its row exists, so its start is not a
+    first start (``TaskSpec.read_first``, decision 0121). A hint only: a wrong answer costs a
+    round trip, never a decision."""
+    if int(context.get("task_reschedule_count") or 0) > 0:
+        return True
+    from_server = getattr(context.get("ti"), "_ti_context_from_server", None)
+    return getattr(from_server, "next_method", None) is not None

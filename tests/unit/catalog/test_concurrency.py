@@ -405,7 +405,7 @@ def test_one_first_try_started_at_once_by_eight_processes_is_one_row(
     the winner's row ("the same key always means the same row")."""
     dag_id, run_id = "first_dag", "manual__1"
     catalog.store.start_task(
-        TaskSpec(BatchSpec(dag_id, run_id), "other", lease_seconds=600, may_start_batch=True)
+        TaskSpec(BatchSpec(dag_id, run_id), "other", lease_seconds=600, read_first=True)
     )
     catalog.store.set_package(dag_id, "load", enabled=True)
 

@@ -112,7 +112,7 @@ def test_task_start_and_task_end_are_two_round_trips_each(
 
     proxy.queries.clear()
     # A task with no upstream reads its facts at once (decision 0121: it may start the batch).
-    started = store.start_task(TaskSpec(batch, "load", may_start_batch=True))
+    started = store.start_task(TaskSpec(batch, "load", read_first=True))
     start_sent = list(proxy.queries)
     proxy.queries.clear()
     store.end_task(started.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
@@ -197,7 +197,7 @@ def _registered(store: CatalogStore, *tasks: str) -> None:
     the first time registers its package in its start: the guarded start never covers it)."""
     run = BatchSpec("pipe_dag", "run-0")
     for i, task in enumerate(tasks):
-        started = store.start_task(TaskSpec(run, task, may_start_batch=i == 0))
+        started = store.start_task(TaskSpec(run, task, read_first=i == 0))
         store.end_task(started.execution_id, TaskOutcome.SUCCESS)
     store.end_batch("pipe_dag", "run-0", succeeded=True)
 
@@ -211,7 +211,7 @@ def test_a_first_task_start_is_one_round_trip(
     store, proxy = wired
     _registered(store, "extract", "load", "publish")
     batch = BatchSpec("pipe_dag", "run-1")
-    root = store.start_task(TaskSpec(batch, "extract", may_start_batch=True))  # full path
+    root = store.start_task(TaskSpec(batch, "extract", read_first=True))  # full path
 
     proxy.queries.clear()
     first = store.start_task(TaskSpec(batch, "load", lease_owner="host:1"))
@@ -264,13 +264,13 @@ def test_a_start_the_guard_does_not_cover_is_read_and_decided(
     a completed task is skipped, the failed one restarts (decision 0121)."""
     store, proxy = wired
     failed_run = BatchSpec("pipe_dag", "run-0")
-    root = store.start_task(TaskSpec(failed_run, "extract", may_start_batch=True))
+    root = store.start_task(TaskSpec(failed_run, "extract", read_first=True))
     store.end_task(root.execution_id, TaskOutcome.SUCCESS)
     load = store.start_task(TaskSpec(failed_run, "load"))
     store.end_task(load.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
     store.end_batch("pipe_dag", "run-0", succeeded=False)
     resumed = BatchSpec("pipe_dag", "run-1")
-    store.start_task(TaskSpec(resumed, "root", may_start_batch=True))
+    store.start_task(TaskSpec(resumed, "root", read_first=True))
 
     proxy.queries.clear()
     skipped = store.start_task(TaskSpec(resumed, "extract"))
@@ -305,7 +305,7 @@ def test_the_guarded_start_writes_nothing_where_the_machine_decides_otherwise(
     store, proxy = wired
     _registered(store, "extract", "load")
     batch = BatchSpec("pipe_dag", "run-1")
-    store.start_task(TaskSpec(batch, "extract", may_start_batch=True))
+    store.start_task(TaskSpec(batch, "extract", read_first=True))
     if case == "disabled":
         store.set_package("pipe_dag", "load", enabled=False)
     E = store.s.Execution
@@ -323,7 +323,7 @@ def test_the_guarded_start_writes_nothing_where_the_machine_decides_otherwise(
             )
     if case == "running elsewhere":
         other = BatchSpec("pipe_dag", "run-other")
-        store.start_task(TaskSpec(other, "extract", may_start_batch=True))
+        store.start_task(TaskSpec(other, "extract", read_first=True))
         store.start_task(TaskSpec(other, "load", lease_owner="otherhost:1"))
 
     proxy.queries.clear()
@@ -361,9 +361,7 @@ def test_a_batch_start_is_four_round_trips(wired: tuple[CatalogStore, QueryRecor
     # run-0 never ends: the next batch start closes it by inference (F/R).
 
     proxy.queries.clear()
-    started = store.start_task(
-        TaskSpec(BatchSpec("pipe_dag", "run-1"), "load", may_start_batch=True)
-    )
+    started = store.start_task(TaskSpec(BatchSpec("pipe_dag", "run-1"), "load", read_first=True))
     sent = list(proxy.queries)
 
     assert len(sent) == 4, sent
@@ -541,9 +539,7 @@ def test_a_new_dags_first_task_is_four_round_trips(
     round trips as any run's first task (was 13)."""
     store, proxy = wired
     proxy.queries.clear()
-    started = store.start_task(
-        TaskSpec(BatchSpec("new_dag", "run-0"), "load", may_start_batch=True)
-    )
+    started = store.start_task(TaskSpec(BatchSpec("new_dag", "run-0"), "load", read_first=True))
     sent = list(proxy.queries)
 
     assert len(sent) == 4, sent

@@ -86,7 +86,8 @@ def test_the_batch_creating_start_reads_the_whole_failed_run(store: CatalogStore
     airflow = AirflowRecord(
         {"run_1": "failed"}, {"run_1": {"a": "success", "b": "failed", "c": "upstream_failed"}}
     )
-    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "a")
+    # This start creates run_2's batch: not a first start in its lineage (decision 0121).
+    assert adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "a") is True
     assert airflow.asked == [("dag_run", "run_1"), ("tasks", "run_1", "a,b")]
 
 
@@ -114,11 +115,13 @@ def test_a_later_start_leaves_other_tasks_to_their_own_starts(store: CatalogStor
     run_2 = BatchSpec(DAG_ID, "run_2")
     store.start_task(TaskSpec(run_2, "a"))
     airflow = AirflowRecord({"run_1": "failed"}, {"run_1": {"a": "success", "b": "success"}})
-    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "c")
-    assert airflow.asked == []  # c has no row in run_1: Airflow's answer could change nothing
+    # c has no row in run_1: Airflow's answer could change nothing, and c's start is a first
+    # start in the lineage (the guarded INSERT covers it, decision 0121).
+    assert adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "c") is False
+    assert airflow.asked == []
     b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
     assert b1.ExecutionStatus == "F"  # c's decision does not read b's row: b's start adopts it
-    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
+    assert adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b") is True  # b's rows
     b1 = next(r for r in store.executions(DAG_ID, "run_1") if r.TaskId == "b")
     assert b1.ExecutionStatus == "S"
 
@@ -129,7 +132,7 @@ def test_a_later_start_of_a_fresh_lineage_asks_nothing(store: CatalogStore) -> N
     store.end_batch(DAG_ID, "run_1", succeeded=True)
     store.start_task(TaskSpec(BatchSpec(DAG_ID, "run_2"), "a"))
     airflow = AirflowRecord({"run_1": "success"}, {"run_1": {"a": "success"}})
-    adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b")
+    assert adopt_airflow_outcomes(airflow, store, DAG_ID, "run_2", "b") is False
     assert airflow.asked == []
 
 
