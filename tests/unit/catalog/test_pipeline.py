@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 
 import pytest
-from sqlalchemy import Engine, insert, make_url, select, text, update
+from sqlalchemy import Engine, event, insert, make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
@@ -604,6 +604,54 @@ def test_a_guarded_end_on_psycopg3_commits_on_its_own(pg_url: str) -> None:
                 select(E.c.AuditID).where(E.c.ExecutionID == ok.execution_id)
             ).scalar_one()
         assert audit == ok.audit_id
+    finally:
+        engine.dispose()
+        reader.dispose()
+
+
+def test_a_guarded_first_start_on_psycopg3_commits_on_its_own(pg_url: str) -> None:
+    """psycopg 3 binds on the server (no folding, no PREPARE of ours): the guarded first start
+    (decision 0121) is one INSERT ... SELECT under SQLAlchemy's AUTOCOMMIT isolation level, its
+    values cast to their columns' types, durable at once; a start it does not cover falls
+    through to the full path."""
+    url = make_url(pg_url).set(drivername="postgresql+psycopg")
+    deploy = create_catalog_engine(url)
+    upgrade(deploy)
+    deploy.dispose()
+    engine = create_catalog_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+    reader = create_catalog_engine(pg_url)
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    try:
+        store = CatalogStore(engine)
+        run_0 = BatchSpec("pg3_first", "run-0")
+        for task in ("a", "b"):
+            started = store.start_task(TaskSpec(run_0, task, read_first=task == "a"))
+            store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+        store.end_batch("pg3_first", "run-0", succeeded=True)
+        run_1 = BatchSpec("pg3_first", "run-1")
+        store.start_task(TaskSpec(run_1, "a", read_first=True))
+
+        sent.clear()
+        first = store.start_task(TaskSpec(run_1, "b", lease_owner="host:1"))
+        (statement,) = sent
+        assert statement.startswith("INSERT INTO bfx.execution ") and " SELECT " in statement
+        assert first.status is ExecutionStatus.EXECUTING and first.attempt_number == 1
+        E = store.s.Execution
+        with reader.connect() as conn:
+            row = conn.execute(select(E).where(E.c.ExecutionID == first.execution_id)).one()
+        assert (row.ExecutionStatus, row.NextLoadStatus, row.LeaseOwner) == ("E", "C", "host:1")
+        assert row.AuditID == row.OriginalExecutionID == row.ExecutionID
+        assert row.LeaseExpiresAt > row.StartTime and row.MapIndex == -1
+        with engine.connect() as conn:
+            assert conn.get_isolation_level() != "AUTOCOMMIT"
+
+        store.end_task(first.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+        store.set_package("pg3_first", "c", enabled=False)
+        sent.clear()
+        skipped = store.start_task(TaskSpec(run_1, "c"))  # disabled: the guard does not hold
+        assert skipped.status is ExecutionStatus.SKIPPED
+        assert sent[0].startswith("INSERT INTO bfx.execution ") and len(sent) > 1, sent
     finally:
         engine.dispose()
         reader.dispose()
