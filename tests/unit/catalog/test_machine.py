@@ -1525,18 +1525,11 @@ def test_task_start_facts_are_those_a_start_guard_ranges_over() -> None:
 
 
 def _first_start(batch: St, **kw: Any) -> TaskStartFacts:
-    values: dict[str, Any] = dict(
-        batch_skips_all=batch_skips_all(batch),
-        package_enabled=True,
-        active=(),
-        prior=None,
-        operator_fingerprint=NEW_FP,
-        policy=VersionMismatchPolicy.WARN,
-        decides_shape=False,
-        landed=None,
+    """A first start in its lineage (nothing in ``tfacts``' defaults to reuse) in a batch of
+    status ``batch``."""
+    return tfacts(
+        **{"batch_skips_all": batch_skips_all(batch), "operator_fingerprint": NEW_FP, **kw}
     )
-    values.update(kw)
-    return TaskStartFacts(**values)
 
 
 def test_a_start_guard_is_the_tables_own_answer_over_its_statuses() -> None:

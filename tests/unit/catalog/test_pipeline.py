@@ -559,99 +559,100 @@ def test_a_new_dags_first_task_is_four_round_trips(
     assert rows[started.batch_execution_id].ExecutionStatus == "E"
 
 
-def test_a_guarded_end_on_psycopg3_commits_on_its_own(pg_url: str) -> None:
+@pytest.fixture
+def psycopg3(pg_url: str) -> Iterator[tuple[Engine, Engine]]:
+    """A deployed catalog's engine on psycopg 3 (one pooled connection), and a psycopg2
+    engine that reads what it wrote from another session."""
+    url = make_url(pg_url).set(drivername="postgresql+psycopg")
+    deploy = create_catalog_engine(url)
+    upgrade(deploy)
+    deploy.dispose()
+    engine = create_catalog_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+    reader = create_catalog_engine(pg_url)
+    try:
+        yield engine, reader
+    finally:
+        engine.dispose()
+        reader.dispose()
+
+
+def test_a_guarded_end_on_psycopg3_commits_on_its_own(psycopg3: tuple[Engine, Engine]) -> None:
     """psycopg 3 does not fold (decision 0101): the guarded end runs under SQLAlchemy's
     AUTOCOMMIT isolation level instead (decision 0120). The end is durable (another engine
     reads it at once), the connection returns to the pool in its default isolation level, a
     failed batch still makes the guard fall through to the full path, and a transaction on the
     same pooled connection afterwards is a real transaction (its rollback undoes its write)."""
-    url = make_url(pg_url).set(drivername="postgresql+psycopg")
-    deploy = create_catalog_engine(url)
-    upgrade(deploy)
-    deploy.dispose()
-    engine = create_catalog_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0)
-    reader = create_catalog_engine(pg_url)
-    try:
-        store = CatalogStore(engine)
-        batch = BatchSpec("pg3_dag", "run-1")
-        ok, late, failing = (store.start_task(TaskSpec(batch, t)) for t in ("a", "b", "c"))
-        ended = store.end_task(ok.execution_id, TaskOutcome.SUCCESS)
-        assert (ended.status, ended.next_load_status) == (
-            ExecutionStatus.SUCCEEDED,
-            NextLoadStatus.PENDING,
-        )
-        E = store.s.Execution
-        with reader.connect() as conn:
-            status = conn.execute(
-                select(E.c.ExecutionStatus).where(E.c.ExecutionID == ok.execution_id)
-            ).scalar_one()
-        assert status == "S"
-        with engine.connect() as conn:
-            assert conn.get_isolation_level() != "AUTOCOMMIT"
-        store.end_task(failing.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
-        ended = store.end_task(late.execution_id, TaskOutcome.SUCCESS)
-        assert (ended.status, ended.next_load_status) == (
-            ExecutionStatus.SUCCEEDED,
-            NextLoadStatus.SKIP,
-        )
-        # A rolled back transaction on that pooled connection leaves nothing behind: it is
-        # a transaction, not autocommit.
-        with pytest.raises(RuntimeError), engine.begin() as conn:
-            conn.execute(update(E).where(E.c.ExecutionID == ok.execution_id).values(AuditID=-1))
-            raise RuntimeError("rolled back")
-        with reader.connect() as conn:
-            audit = conn.execute(
-                select(E.c.AuditID).where(E.c.ExecutionID == ok.execution_id)
-            ).scalar_one()
-        assert audit == ok.audit_id
-    finally:
-        engine.dispose()
-        reader.dispose()
+    engine, reader = psycopg3
+    store = CatalogStore(engine)
+    batch = BatchSpec("pg3_dag", "run-1")
+    ok, late, failing = (store.start_task(TaskSpec(batch, t)) for t in ("a", "b", "c"))
+    ended = store.end_task(ok.execution_id, TaskOutcome.SUCCESS)
+    assert (ended.status, ended.next_load_status) == (
+        ExecutionStatus.SUCCEEDED,
+        NextLoadStatus.PENDING,
+    )
+    E = store.s.Execution
+    with reader.connect() as conn:
+        status = conn.execute(
+            select(E.c.ExecutionStatus).where(E.c.ExecutionID == ok.execution_id)
+        ).scalar_one()
+    assert status == "S"
+    with engine.connect() as conn:
+        assert conn.get_isolation_level() != "AUTOCOMMIT"
+    store.end_task(failing.execution_id, TaskOutcome.FINAL_FAILURE, error_message="boom")
+    ended = store.end_task(late.execution_id, TaskOutcome.SUCCESS)
+    assert (ended.status, ended.next_load_status) == (
+        ExecutionStatus.SUCCEEDED,
+        NextLoadStatus.SKIP,
+    )
+    # A rolled back transaction on that pooled connection leaves nothing behind: it is
+    # a transaction, not autocommit.
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        conn.execute(update(E).where(E.c.ExecutionID == ok.execution_id).values(AuditID=-1))
+        raise RuntimeError("rolled back")
+    with reader.connect() as conn:
+        audit = conn.execute(
+            select(E.c.AuditID).where(E.c.ExecutionID == ok.execution_id)
+        ).scalar_one()
+    assert audit == ok.audit_id
 
 
-def test_a_guarded_first_start_on_psycopg3_commits_on_its_own(pg_url: str) -> None:
+def test_a_guarded_first_start_on_psycopg3_commits_on_its_own(
+    psycopg3: tuple[Engine, Engine],
+) -> None:
     """psycopg 3 binds on the server (no folding, no PREPARE of ours): the guarded first start
     (decision 0121) is one INSERT ... SELECT under SQLAlchemy's AUTOCOMMIT isolation level, its
     values cast to their columns' types, durable at once; a start it does not cover falls
     through to the full path."""
-    url = make_url(pg_url).set(drivername="postgresql+psycopg")
-    deploy = create_catalog_engine(url)
-    upgrade(deploy)
-    deploy.dispose()
-    engine = create_catalog_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=0)
-    reader = create_catalog_engine(pg_url)
+    engine, reader = psycopg3
     sent: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
-    try:
-        store = CatalogStore(engine)
-        run_0 = BatchSpec("pg3_first", "run-0")
-        for task in ("a", "b"):
-            started = store.start_task(TaskSpec(run_0, task, read_first=task == "a"))
-            store.end_task(started.execution_id, TaskOutcome.SUCCESS)
-        store.end_batch("pg3_first", "run-0", succeeded=True)
-        run_1 = BatchSpec("pg3_first", "run-1")
-        store.start_task(TaskSpec(run_1, "a", read_first=True))
+    store = CatalogStore(engine)
+    run_0 = BatchSpec("pg3_first", "run-0")
+    for task in ("a", "b"):
+        started = store.start_task(TaskSpec(run_0, task, read_first=task == "a"))
+        store.end_task(started.execution_id, TaskOutcome.SUCCESS)
+    store.end_batch("pg3_first", "run-0", succeeded=True)
+    run_1 = BatchSpec("pg3_first", "run-1")
+    store.start_task(TaskSpec(run_1, "a", read_first=True))
 
-        sent.clear()
-        first = store.start_task(TaskSpec(run_1, "b", lease_owner="host:1"))
-        (statement,) = sent
-        assert statement.startswith("INSERT INTO bfx.execution ") and " SELECT " in statement
-        assert first.status is ExecutionStatus.EXECUTING and first.attempt_number == 1
-        E = store.s.Execution
-        with reader.connect() as conn:
-            row = conn.execute(select(E).where(E.c.ExecutionID == first.execution_id)).one()
-        assert (row.ExecutionStatus, row.NextLoadStatus, row.LeaseOwner) == ("E", "C", "host:1")
-        assert row.AuditID == row.OriginalExecutionID == row.ExecutionID
-        assert row.LeaseExpiresAt > row.StartTime and row.MapIndex == -1
-        with engine.connect() as conn:
-            assert conn.get_isolation_level() != "AUTOCOMMIT"
+    sent.clear()
+    first = store.start_task(TaskSpec(run_1, "b", lease_owner="host:1"))
+    (statement,) = sent
+    assert statement.startswith("INSERT INTO bfx.execution ") and " SELECT " in statement
+    assert first.status is ExecutionStatus.EXECUTING and first.attempt_number == 1
+    E = store.s.Execution
+    with reader.connect() as conn:
+        row = conn.execute(select(E).where(E.c.ExecutionID == first.execution_id)).one()
+    assert (row.ExecutionStatus, row.NextLoadStatus, row.LeaseOwner) == ("E", "C", "host:1")
+    assert row.AuditID == row.OriginalExecutionID == row.ExecutionID
+    assert row.LeaseExpiresAt > row.StartTime and row.MapIndex == -1
+    with engine.connect() as conn:
+        assert conn.get_isolation_level() != "AUTOCOMMIT"
 
-        store.end_task(first.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
-        store.set_package("pg3_first", "c", enabled=False)
-        sent.clear()
-        skipped = store.start_task(TaskSpec(run_1, "c"))  # disabled: the guard does not hold
-        assert skipped.status is ExecutionStatus.SKIPPED
-        assert sent[0].startswith("INSERT INTO bfx.execution ") and len(sent) > 1, sent
-    finally:
-        engine.dispose()
-        reader.dispose()
+    store.end_task(first.execution_id, TaskOutcome.FAILED_TRY, error_message="boom")
+    store.set_package("pg3_first", "c", enabled=False)
+    sent.clear()
+    skipped = store.start_task(TaskSpec(run_1, "c"))  # disabled: the guard does not hold
+    assert skipped.status is ExecutionStatus.SKIPPED
+    assert sent[0].startswith("INSERT INTO bfx.execution ") and len(sent) > 1, sent
