@@ -16,7 +16,9 @@ A task end whose decision the state machine can tell without the facts (a succes
 :func:`.machine.task_end_guard`) is first one guarded UPDATE (:func:`end_task_guarded_txn`):
 it writes that decision only while the row and its batch row (locked by the same statement)
 still have the statuses the machine gave it for; otherwise nothing is written and the end is
-read, decided and written as above (decision 0120).
+read, decided and written as above (decision 0120). A task's first start in its lineage is
+likewise first one guarded INSERT (:mod:`.guarded_start`, decision 0121), which writes the row
+:func:`start_row` gives for the machine's answer, and returns what :func:`started` returns.
 """
 
 from __future__ import annotations
@@ -247,7 +249,8 @@ def start_row(
     lineage_first: int | None,
 ) -> dict[str, Any]:
     """The Execution row a task start writes for ``decision``: the one home of its values, for
-    the full path (:func:`_write_start_txn`) and the guarded one (:func:`start_task_guarded_txn`,
+    the full path (:func:`_write_start_txn`) and the guarded one
+    (:func:`.guarded_start.start_task_guarded_txn`,
     which reads the batch, lineage and package ids in its own statement). ``SELF`` marks a
     column that takes the new row's own ExecutionID."""
     start = decision.start
