@@ -610,6 +610,15 @@ def report(
             else "Airflow's default (5 s)"
         )
     )
+    rep(
+        "  [bfx] recovery_link: "
+        + (
+            "the provider's default (on: one XCom per routed try for the link)"
+            if args.recovery_link == "on"
+            else "False (set for this run: no operator extra link, no XCom for it; not the"
+            " default, so the goals below are not judged on the defaults)"
+        )
+    )
     rep("  catalog: PostgreSQL, connection in AIRFLOW_CONN_BFX_CATALOG_DEFAULT, bfx catalog init")
     rep(
         f"  DAGs: {ROUTED} (tag bfx, routed) and {PLAIN} (same source, no tag);"
@@ -826,6 +835,11 @@ def heartbeat_env(seconds: int | None) -> dict[str, str]:
     return {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(seconds)}
 
 
+def link_env(recovery_link: str) -> dict[str, str]:
+    """The deployment's environment for ``--recovery-link``: ``[bfx] recovery_link``."""
+    return {} if recovery_link == "on" else {"AIRFLOW__BFX__RECOVERY_LINK": "False"}
+
+
 def _bytecode_fact() -> str:
     """Whether Airflow's modules have compiled bytecode (a pip install has; ``scripts/bootstrap``
     compiles it): without it every task process compiles Airflow from source."""
@@ -847,6 +861,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a PostgreSQL URL whose role may CREATE DATABASE (default: $BFX_TEST_PG_URL)",
     )
     parser.add_argument("--output", type=Path, help="also write the report to this file")
+    parser.add_argument(
+        "--recovery-link",
+        choices=("on", "off"),
+        default="on",
+        help="[bfx] recovery_link for the whole deployment (default: on, the provider's"
+        " default): off leaves out the operator extra link 'Recovery' and its XCom per try"
+        " (decision 0112), to show what the link costs; the goals are on the defaults",
+    )
     parser.add_argument(
         "--min-heartbeat-interval",
         type=int,
@@ -887,7 +909,11 @@ def main(argv: list[str] | None = None) -> int:
             work / "deployment",
             pg_server_url=args.pg_url,
             dags=[SOURCE_DAG, plain_file],
-            env={**catalog.env(), **heartbeat_env(args.min_heartbeat_interval)},
+            env={
+                **catalog.env(),
+                **heartbeat_env(args.min_heartbeat_interval),
+                **link_env(args.recovery_link),
+            },
             parallelism=PARALLELISM,
             start_timeout=300.0,
         )
