@@ -59,6 +59,7 @@ _FROM_STATEMENT = (
     "PackageID",
 )
 _VALUE = "p_v_"  # a column's value, bound per call (``p_``: an argument of the prepared text)
+_READ: Any = object()  # in :func:`.tasks.start_row`: a value the statement reads, not binds
 
 
 def start_guarded(cat: Catalog) -> CompiledStatement | None:
@@ -152,12 +153,14 @@ def start_task_guarded_txn(cat: Catalog, conn: Connection, spec: TaskSpec) -> Ta
         spec,
         guard.decision,
         cat.clock(),
-        batch_id=SELF,
-        lineage_id=SELF,
-        package_id=SELF,
+        batch_id=_READ,
+        lineage_id=_READ,
+        package_id=_READ,
         lineage_first=None,
     )
-    assert all(row[k] is SELF for k in _FROM_STATEMENT if k in row), row
+    # The statement's shape holds for the guard's decision: its own id where the row refers
+    # to itself, the batch row's and the package's ids read.
+    assert all(row[k] in (SELF, _READ) for k in _FROM_STATEMENT if k in row), row
     params = {_VALUE + k: v for k, v in row.items() if k not in _FROM_STATEMENT}
     params.update(
         p_item=spec.item_fingerprint,

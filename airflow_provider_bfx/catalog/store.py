@@ -22,8 +22,8 @@ Every name this module exported before the split is still importable from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Select, select
 
@@ -63,6 +63,8 @@ from airflow_provider_bfx.catalog.txn import Catalog
 from airflow_provider_bfx.catalog.txn import utcnow as utcnow
 from airflow_provider_bfx.exceptions import CatalogStateError as CatalogStateError
 
+T = TypeVar("T")
+
 
 class CatalogStore(Catalog):
     """Applies the state machine to one catalog database (PostgreSQL, SQL Server or SQLite)."""
@@ -100,21 +102,33 @@ class CatalogStore(Catalog):
         keys.check_airflow_ids(
             self.dialect, dag_id=spec.batch.dag_id, run_id=spec.batch.run_id, task_id=spec.task_id
         )
-        # A task's first start in its lineage is first one guarded INSERT (decision 0121);
-        # when its guard does not hold it wrote nothing, and the start reads and decides.
-        started: TaskStarted | None = None
-        if guarded_start.worth_trying(spec) and guarded_start.start_guarded(self) is not None:
-            started = self.transaction(
-                lambda conn: guarded_start.start_task_guarded_txn(self, conn, spec),
-                "task start",
-                one_statement=True,
-            )
-        if started is None:
-            started = self.transaction(
-                lambda conn: tasks.start_task_txn(self, conn, spec), "task start"
-            )
+        # A task's first start in its lineage is first one guarded INSERT (decision 0121).
+        tried = guarded_start.worth_trying(spec) and guarded_start.start_guarded(self) is not None
+        started = self._guarded_first(
+            (lambda conn: guarded_start.start_task_guarded_txn(self, conn, spec))
+            if tried
+            else None,
+            lambda conn: tasks.start_task_txn(self, conn, spec),
+            "task start",
+        )
         log_lines(started.log_lines)
         return started
+
+    def _guarded_first(
+        self,
+        guarded: Callable[[Connection], T | None] | None,
+        full: Callable[[Connection], T],
+        what: str,
+    ) -> T:
+        """A transition whose answer the machine may know without the read: ``guarded`` first,
+        one statement outside any transaction where the engine allows it; when it wrote nothing
+        (None), ``full`` reads, decides and writes in a transaction of its own (decisions 0120,
+        0121)."""
+        if guarded is not None:
+            done = self.transaction(guarded, what, one_statement=True)
+            if done is not None:
+                return done
+        return self.transaction(full, what)
 
     def skip_ahead(self, batch: BatchSpec, specs: Sequence[TaskSpec]) -> list[SkippedAhead]:
         """The first start of a resumed run: write as completed (``C``), in one transaction,
@@ -140,15 +154,10 @@ class CatalogStore(Catalog):
         """Record how one try ended (idempotent: a second call for an ended row changes
         nothing). A success or a skip is first one guarded statement; only when its guard
         does not hold is the end read, decided and written (:mod:`.tasks`, decision 0120)."""
-        if tasks.end_guarded(self, outcome) is not None:
-            ended = self.transaction(
-                lambda conn: tasks.end_task_guarded_txn(self, conn, execution_id, outcome),
-                "task end",
-                one_statement=True,
-            )
-            if ended is not None:
-                return ended
-        return self.transaction(
+        return self._guarded_first(
+            (lambda conn: tasks.end_task_guarded_txn(self, conn, execution_id, outcome))
+            if tasks.end_guarded(self, outcome) is not None
+            else None,
             lambda conn: tasks.end_task_txn(
                 self,
                 conn,
